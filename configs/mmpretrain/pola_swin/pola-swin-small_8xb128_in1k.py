@@ -1,0 +1,4 @@
+# Pola-Swin-S, ImageNet-1k 224x224; recipe as Pola-Swin-T.
+_base_ = './pola-swin-tiny_8xb128_in1k.py'
+
+model = dict(backbone=dict(arch='small', drop_path_rate=0.3))

@@ -1,0 +1,5 @@
+from .pola_attention import PolaAttention, pola_linear_attention
+from .pola_pvt import PolaPVT
+from .pola_swin import PolaSwin
+
+__all__ = ['PolaAttention', 'pola_linear_attention', 'PolaPVT', 'PolaSwin']

@@ -1,0 +1,94 @@
+"""What Pola-PVT and Pola-Swin share as dense-prediction backbones."""
+import copy
+
+import torch.nn as nn
+from mmcv.cnn import build_norm_layer
+from mmengine.model.weight_init import constant_init, trunc_normal_init
+
+
+class DenseBackboneMixin:
+    """arch presets, output norms, freezing and initialisation.
+
+    A backbone using it defines ``arch_zoo``, ``family`` ('pvt' / 'swin'),
+    ``num_stages``, ``num_features`` and ``_stage_modules(i)`` /
+    ``_stem_modules()`` (the modules frozen with stage i / with the stem).
+    """
+
+    def parse_arch(self, arch, essential_keys):
+        if isinstance(arch, str):
+            arch = arch.lower()
+            assert arch in self.arch_zoo, (
+                f'Unknown arch {arch!r}; choose from '
+                f'{sorted(set(self.arch_zoo))} or pass a dict')
+            return copy.deepcopy(self.arch_zoo[arch])
+        assert isinstance(arch, dict) and essential_keys <= set(arch), (
+            f'A custom arch needs the keys {sorted(essential_keys)}, '
+            f'got {arch!r}')
+        return dict(arch)
+
+    def check_out_indices(self, out_indices):
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        for i in out_indices:
+            assert -self.num_stages <= i < self.num_stages, (
+                f'out_indices {out_indices} out of range for '
+                f'{self.num_stages} stages')
+        return tuple(sorted(i % self.num_stages for i in out_indices))
+
+    def add_out_norms(self, out_norms, norm_cfg):
+        """Add LayerNorm ``norm{i}`` for each output stage i if requested."""
+        self.out_norms = out_norms
+        if out_norms:
+            for i in self.out_indices:
+                self.add_module(f'norm{i}', build_norm_layer(
+                    norm_cfg, self.num_features[i])[1])
+
+    @staticmethod
+    def tokens_to_map(tokens, hw_shape):
+        """(B, H*W, C) -> (B, C, H, W)."""
+        B, _, C = tokens.shape
+        return tokens.transpose(1, 2).reshape(B, C, *hw_shape).contiguous()
+
+    def format_output(self, i, tokens, hw_shape):
+        """Stage i's (B, H*W, C) tokens -> (B, C, H, W), through ``norm{i}``."""
+        if self.out_norms:
+            tokens = getattr(self, f'norm{i}')(tokens)
+        return self.tokens_to_map(tokens, hw_shape)
+
+    def _frozen_modules(self):
+        if self.frozen_stages < 0:
+            return []
+        modules = list(self._stem_modules())
+        for i in range(min(self.frozen_stages, self.num_stages)):
+            modules += self._stage_modules(i)
+            if self.out_norms and i in self.out_indices:
+                modules.append(getattr(self, f'norm{i}'))
+        return modules
+
+    def _freeze_stages(self):
+        for m in self._frozen_modules():
+            if isinstance(m, nn.Parameter):
+                m.requires_grad = False
+                continue
+            m.eval()
+            for param in m.parameters():
+                param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def init_weights(self):
+        if self.init_cfg is not None and self.init_cfg.get(
+                'type') == 'Pretrained':
+            from ..checkpoint import load_pretrained
+            load_pretrained(self, self.init_cfg['checkpoint'])
+            self._is_init = True
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_init(m, std=.02, bias=0.)
+            elif isinstance(m, nn.LayerNorm):
+                constant_init(m, val=1.0, bias=0.)
+        super().init_weights()

@@ -1,0 +1,171 @@
+"""Polarity-aware linear attention (PolaFormer, ICLR 2025).
+
+The only place in mmpola where the Pola arithmetic lives. ``PolaAttention``
+holds the parameters in the released checkpoints' layout; the functional core
+``pola_linear_attention`` computes the released formulation, regrouped so that
+it needs one ``|x|**p`` per tensor and one matrix product per side.
+
+Released formulation (``tests/reference_pola.py`` keeps it as the oracle), per
+head with q, k, v of shape (N, d) and exponent p of shape (d,)::
+
+    q_sim = [relu(q)**p, relu(-q)**p]     q_opp = [relu(-q)**p, relu(q)**p]
+    k'    = [relu(k)**p, relu(-k)**p]     v1, v2 = v[:, :d/2], v[:, d/2:]
+    x_sim = q_sim @ (k'^T v1 / n) / (q_sim @ mean(k') + eps)
+    x_opp = q_opp @ (k'^T v2 / n) / (q_opp @ mean(k') + eps)
+    out   = [x_sim, x_opp]
+
+Regrouping: ``q_opp @ M == q_sim @ swap(M)`` where ``swap`` exchanges the two
+row halves of M, so both products and both normalisers come out of a single
+``q_sim @ W`` with ``W`` (2d, d + 2) built from ``k'^T [v, 1] / n``.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmpretrain.models.utils import resize_pos_embed
+
+EPS = 1e-6
+
+
+def polarity_features(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``[relu(x)**p, relu(-x)**p]`` with one power: (..., d) -> (..., 2d)."""
+    mag = x.abs().pow(p)
+    pos = x > 0
+    return torch.cat([mag * pos, mag * ~pos], dim=-1)
+
+
+def pola_linear_attention(q: torch.Tensor,
+                          k: torch.Tensor,
+                          v: torch.Tensor,
+                          p: torch.Tensor,
+                          key_mask: Optional[torch.Tensor] = None
+                          ) -> torch.Tensor:
+    """Polarity-aware linear attention core.
+
+    Runs in float32 whatever the autocast state: the powers (up to 5) of
+    ``q / softplus(scale)`` overflow float16 above about 9.2.
+
+    Args:
+        q, k (Tensor): (B, heads, N, d), already divided by ``softplus(scale)``
+            (k with the positional encoding added).
+        v (Tensor): (B, heads, N, d), d even.
+        p (Tensor): exponents, broadcastable to (1, heads, 1, d).
+        key_mask (Tensor, optional): (B, 1, N, 1), 1 for real tokens and 0
+            for padding; padded keys are left out of every sum over keys.
+
+    Returns:
+        Tensor: (B, heads, N, d) in v's dtype, channels ``[x_sim, x_opp]``.
+    """
+    out_dtype = v.dtype
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v, p = q.float(), k.float(), v.float(), p.float()
+        d = v.shape[-1]
+        half = d // 2
+        kf = polarity_features(k, p)                       # (B, h, N, 2d)
+        ones = torch.ones_like(v[..., :1])
+        if key_mask is None:
+            n = k.shape[-2]
+        else:
+            key_mask = key_mask.float()
+            kf = kf * key_mask
+            n = key_mask.sum(dim=-2, keepdim=True).clamp(min=1)
+        # kv[..., :d] = k'^T v / n,  kv[..., d] = mean(k')   (B, h, 2d, d+1)
+        kv = kf.transpose(-2, -1) @ (torch.cat([v, ones], dim=-1) / n)
+        kv_swap = torch.cat([kv[..., d:, :], kv[..., :d, :]], dim=-2)
+        w = torch.cat([kv[..., :half], kv[..., d:],
+                       kv_swap[..., half:d], kv_swap[..., d:]], dim=-1)
+        out = polarity_features(q, p) @ w                  # (B, h, N, d+2)
+        x_sim = out[..., :half] / (out[..., half:half + 1] + EPS)
+        x_opp = out[..., half + 1:d + 1] / (out[..., d + 1:] + EPS)
+        return torch.cat([x_sim, x_opp], dim=-1).to(out_dtype)
+
+
+class PolaAttention(BaseModule):
+    """Polarity-aware linear attention with the released parameter layout.
+
+    Args:
+        embed_dims (int): C.
+        num_heads (int): heads; head dim ``C // heads`` must be even.
+        pretrain_hw (tuple[int, int]): grid of ``positional_encoding``
+            (56x56 for stage 1 at 224). Other map sizes get it resized
+            (bicubic, as the released code resizes it).
+        fused_qkvg (bool): Swin layout ``qkvg = Linear(C, 4C)`` (True) or PVT
+            layout ``qg, kv = Linear(C, 2C)`` (False).
+        alpha (float): exponent range, ``p = 1 + alpha * sigmoid(power)``.
+        kernel_size (int): depthwise conv on v (one kernel set shared by
+            all heads).
+        qkv_bias (bool): bias of the input projections.
+        proj_drop (float): dropout after the output projection.
+
+    Shapes:
+        forward(x (B, N, C), hw_shape=(H, W), key_mask (B, N) or None)
+        -> (B, N, C), N = H * W.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 pretrain_hw: Tuple[int, int],
+                 fused_qkvg: bool,
+                 alpha: float = 4.,
+                 kernel_size: int = 5,
+                 qkv_bias: bool = True,
+                 proj_drop: float = 0.,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        assert embed_dims % num_heads == 0
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        assert self.head_dims % 2 == 0, 'head dim must be even (v is split)'
+        self.pretrain_hw = tuple(pretrain_hw)
+        self.fused_qkvg = fused_qkvg
+        self.alpha = alpha
+        if fused_qkvg:
+            self.qkvg = nn.Linear(embed_dims, 4 * embed_dims, bias=qkv_bias)
+        else:
+            self.qg = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
+            self.kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.dwc = nn.Conv2d(self.head_dims, self.head_dims, kernel_size,
+                             padding=kernel_size // 2, groups=self.head_dims)
+        self.power = nn.Parameter(torch.zeros(1, num_heads, 1, self.head_dims))
+        self.scale = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        self.positional_encoding = nn.Parameter(
+            torch.zeros(1, pretrain_hw[0] * pretrain_hw[1], embed_dims))
+
+    def _project(self, x):
+        if self.fused_qkvg:
+            return self.qkvg(x).chunk(4, dim=-1)
+        q, g = self.qg(x).chunk(2, dim=-1)
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return q, k, v, g
+
+    def forward(self, x, hw_shape, key_mask=None):
+        B, N, C = x.shape
+        H, W = hw_shape
+        assert N == H * W, f'{N} tokens do not form a {H}x{W} map'
+        q, k, v, g = self._project(x)
+        k = k + resize_pos_embed(self.positional_encoding, self.pretrain_hw,
+                                 (H, W), 'bicubic', num_extra_tokens=0)
+        s = F.softplus(self.scale)
+        q, k = q / s, k / s
+
+        def heads(t):  # (B, N, C) -> (B, heads, N, d)
+            return t.reshape(B, N, self.num_heads, -1).transpose(1, 2)
+
+        q, k, v = heads(q), heads(k), heads(v)
+        if key_mask is not None:
+            key_mask = key_mask.reshape(B, 1, N, 1).to(v.dtype)
+            v = v * key_mask  # padding must not reach real tokens via dwc
+        p = 1 + self.alpha * torch.sigmoid(self.power)
+        out = pola_linear_attention(q, k, v, p, key_mask)
+
+        d = self.head_dims
+        v_map = v.reshape(B * self.num_heads, H, W, d).permute(0, 3, 1, 2)
+        dwc = self.dwc(v_map).reshape(B, self.num_heads, d, N).transpose(2, 3)
+        out = (out + dwc).transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(out * g))

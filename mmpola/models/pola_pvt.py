@@ -1,0 +1,179 @@
+"""Pola-PVT: PVT v1 with Pola attention in every stage."""
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
+from mmengine.model import BaseModule, ModuleList
+from mmengine.registry import MODELS
+
+from .backbone_utils import DenseBackboneMixin
+from mmpretrain.models.utils import resize_pos_embed
+
+from .pola_attention import PolaAttention
+
+
+class PolaPVTBlock(BaseModule):
+    """Pre-norm transformer block with global Pola attention.
+
+    Shapes:
+        forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
+    """
+
+    def __init__(self, embed_dims, num_heads, mlp_ratio, pretrain_hw,
+                 drop_rate=0., drop_path_rate=0., with_cp=False,
+                 norm_cfg=dict(type='LN', eps=1e-6), init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.with_cp = with_cp
+        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.attn = PolaAttention(embed_dims, num_heads, pretrain_hw,
+                                  fused_qkvg=False, proj_drop=drop_rate)
+        self.drop_path = (nn.Identity() if drop_path_rate == 0 else
+                          MODELS.build(dict(type='DropPath',
+                                            drop_prob=drop_path_rate)))
+        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.ffn = FFN(embed_dims, int(embed_dims * mlp_ratio), num_fcs=2,
+                       ffn_drop=drop_rate,
+                       dropout_layer=dict(type='DropPath',
+                                          drop_prob=drop_path_rate),
+                       act_cfg=dict(type='GELU'), add_identity=True)
+
+    def forward(self, x, hw_shape):
+
+        def _inner(x):
+            x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
+            return self.ffn(self.norm2(x), identity=x)
+
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(_inner, x, use_reentrant=False)
+        return _inner(x)
+
+
+@MODELS.register_module()
+class PolaPVT(DenseBackboneMixin, BaseModule):
+    """Pola-PVT backbone (PolaFormer, ICLR 2025) for any input size.
+
+    PVT v1 layout without spatial reduction; every block uses global
+    polarity-aware linear attention. Loads the released ImageNet checkpoints
+    (``init_cfg=dict(type='Pretrained', checkpoint=PATH)``).
+
+    Args:
+        arch (str | dict): 'tiny', 'small', 'medium', 'large' or a dict with
+            keys ``embed_dims``, ``depths``, ``num_heads``, ``mlp_ratios``
+            (one value per stage).
+        pretrain_img_size (int): image size of the released weights; sets
+            the grid of ``pos_embed{i}`` and the Pola positional encodings,
+            both resized to the actual maps (bilinear / bicubic).
+        in_channels (int): input channels.
+        patch_sizes (sequence[int]): patch-embedding stride per stage.
+        out_indices (sequence[int]): stages whose outputs are returned.
+        out_norms (bool): new LayerNorm ``norm{i}`` on each output (the
+            released classifier applies no final norm; set False for it).
+        drop_rate (float): dropout rate.
+        drop_path_rate (float): stochastic depth, linear over blocks.
+        frozen_stages (int): -1 none, 0 stage 1's patch embedding and
+            position embedding, i>0 stages 1..i entirely.
+        with_cp (bool): gradient checkpointing per block.
+        norm_cfg (dict): block norms (LayerNorm eps 1e-6 as released); the
+            patch embeddings use LayerNorm eps 1e-5 as released.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``.
+
+    Shapes:
+        input (B, in_channels, H, W), any H, W ->
+        tuple of (B, C_i, ceil(H / 4 / 2^i), ceil(W / 4 / 2^i)).
+
+    Example:
+        >>> import torch, mmpola
+        >>> model = PolaPVT(arch='tiny')
+        >>> [tuple(o.shape) for o in model(torch.rand(1, 3, 97, 131))]
+        [(1, 64, 25, 33), (1, 128, 13, 17), (1, 320, 7, 9), (1, 512, 4, 5)]
+    """
+    _dims = dict(embed_dims=[64, 128, 320, 512], num_heads=[1, 2, 5, 8],
+                 mlp_ratios=[8, 8, 4, 4])
+    arch_zoo = {
+        **dict.fromkeys(['t', 'tiny'], dict(_dims, depths=[2, 2, 2, 2])),
+        **dict.fromkeys(['s', 'small'], dict(_dims, depths=[3, 4, 6, 3])),
+        **dict.fromkeys(['m', 'medium'], dict(_dims, depths=[3, 4, 18, 3])),
+        **dict.fromkeys(['l', 'large'], dict(_dims, depths=[3, 8, 27, 3])),
+    }
+    family = 'pvt'
+
+    def __init__(self,
+                 arch='tiny',
+                 pretrain_img_size=224,
+                 in_channels=3,
+                 patch_sizes=(4, 2, 2, 2),
+                 out_indices=(0, 1, 2, 3),
+                 out_norms=True,
+                 drop_rate=0.,
+                 drop_path_rate=0.1,
+                 frozen_stages=-1,
+                 with_cp=False,
+                 norm_cfg=dict(type='LN', eps=1e-6),
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = self.parse_arch(
+            arch, {'embed_dims', 'depths', 'num_heads', 'mlp_ratios'})
+        dims = self.arch_settings['embed_dims']
+        depths = self.arch_settings['depths']
+        num_heads = self.arch_settings['num_heads']
+        mlp_ratios = self.arch_settings['mlp_ratios']
+        assert len(dims) == len(depths) == len(num_heads) == len(mlp_ratios)
+        self.num_stages = len(depths)
+        self.num_features = list(dims)
+        self.out_indices = self.check_out_indices(out_indices)
+        self.frozen_stages = frozen_stages
+        self.pretrain_img_size = pretrain_img_size
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        grid = pretrain_img_size
+        self.pretrain_grids = []
+        for i in range(self.num_stages):
+            grid //= patch_sizes[i]
+            self.pretrain_grids.append((grid, grid))
+            self.add_module(f'patch_embed{i + 1}', PatchEmbed(
+                in_channels if i == 0 else dims[i - 1], dims[i],
+                kernel_size=patch_sizes[i], stride=patch_sizes[i],
+                norm_cfg=dict(type='LN', eps=1e-5)))
+            self.register_parameter(f'pos_embed{i + 1}', nn.Parameter(
+                torch.zeros(1, grid * grid, dims[i])))
+            self.add_module(f'block{i + 1}', ModuleList([
+                PolaPVTBlock(dims[i], num_heads[i], mlp_ratios[i],
+                             (grid, grid), drop_rate=drop_rate,
+                             drop_path_rate=dpr[sum(depths[:i]) + j],
+                             with_cp=with_cp, norm_cfg=norm_cfg)
+                for j in range(depths[i])
+            ]))
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.add_out_norms(out_norms, norm_cfg)
+        self._freeze_stages()
+
+    def _stem_modules(self):
+        return [self.patch_embed1, self.pos_embed1]
+
+    def _stage_modules(self, i):
+        return [getattr(self, f'patch_embed{i + 1}'),
+                getattr(self, f'pos_embed{i + 1}'),
+                getattr(self, f'block{i + 1}')]
+
+    def init_weights(self):
+        if self.init_cfg is None:
+            for i in range(self.num_stages):
+                nn.init.trunc_normal_(
+                    getattr(self, f'pos_embed{i + 1}'), std=.02)
+        super().init_weights()
+
+    def forward(self, x):
+        outs = []
+        for i in range(self.num_stages):
+            x, hw = getattr(self, f'patch_embed{i + 1}')(x)
+            pos = resize_pos_embed(getattr(self, f'pos_embed{i + 1}'),
+                                   self.pretrain_grids[i], hw, 'bilinear',
+                                   num_extra_tokens=0)
+            x = self.pos_drop(x + pos)
+            for block in getattr(self, f'block{i + 1}'):
+                x = block(x, hw)
+            if i in self.out_indices:
+                outs.append(self.format_output(i, x, hw))
+            x = self.tokens_to_map(x, hw)
+        return tuple(outs)

@@ -1,0 +1,281 @@
+"""Pola-Swin: Swin Transformer v1 with Pola attention in stages 1-2."""
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks.transformer import FFN, PatchEmbed, PatchMerging
+from mmengine.model import BaseModule, ModuleList
+from mmengine.registry import MODELS
+from mmengine.utils import to_2tuple
+from mmpretrain.models.utils import WindowMSA
+
+from .backbone_utils import DenseBackboneMixin
+from .pola_attention import PolaAttention
+from .windows import PAD_LABEL, shifted_window_attention
+
+
+class PolaSwinBlock(BaseModule):
+    """Pre-norm Swin block with softmax window or Pola attention.
+
+    Args:
+        embed_dims (int): C.
+        num_heads (int): attention heads.
+        attn_type (str): 'softmax' (shifted windows, relative position
+            bias) or 'pola'.
+        window_size (int): softmax window, or the Pola window in
+            ``pola_attn_mode='window'``.
+        shift (bool): shift by ``window_size // 2`` (odd blocks), dropped when
+            the map is not larger than the window, as the released code does.
+        pretrain_hw (tuple): Pola positional-encoding grid.
+        pola_attn_mode (str): 'global' or 'window' (see ``PolaSwin``).
+
+    Shapes:
+        forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
+    """
+
+    def __init__(self, embed_dims, num_heads, attn_type, window_size, shift,
+                 pretrain_hw=None, pola_attn_mode='global', mlp_ratio=4.,
+                 drop_rate=0., drop_path_rate=0., with_cp=False,
+                 norm_cfg=dict(type='LN'), init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        assert attn_type in ('softmax', 'pola'), attn_type
+        assert pola_attn_mode in ('global', 'window'), pola_attn_mode
+        self.attn_type = attn_type
+        self.pola_attn_mode = pola_attn_mode
+        self.window_size = window_size
+        self.shift = shift
+        self.with_cp = with_cp
+        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        if attn_type == 'softmax':
+            self.attn = WindowMSA(embed_dims, to_2tuple(window_size),
+                                  num_heads, proj_drop=drop_rate)
+            # rebuilt from the window size, never loaded from a checkpoint
+            index = self.attn.relative_position_index
+            del self.attn.relative_position_index
+            self.attn.register_buffer(
+                'relative_position_index', index, persistent=False)
+        else:
+            self.attn = PolaAttention(
+                embed_dims, num_heads, pretrain_hw, fused_qkvg=True,
+                proj_drop=drop_rate)
+        self.drop_path = (nn.Identity() if drop_path_rate == 0 else
+                          MODELS.build(dict(type='DropPath',
+                                            drop_prob=drop_path_rate)))
+        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.ffn = FFN(embed_dims, int(embed_dims * mlp_ratio), num_fcs=2,
+                       ffn_drop=drop_rate,
+                       dropout_layer=dict(type='DropPath',
+                                          drop_prob=drop_path_rate),
+                       act_cfg=dict(type='GELU'), add_identity=True)
+
+    def _attention(self, x, hw_shape):
+        H, W = hw_shape
+        ws = self.window_size
+        if self.attn_type == 'pola' and (self.pola_attn_mode == 'global'
+                                         or max(H, W) <= ws):
+            return self.attn(x, hw_shape)
+        shift = ws // 2 if self.shift and min(H, W) > ws else 0
+
+        if self.attn_type == 'softmax':
+            def attend(windows, labels):
+                mask = None
+                if labels is not None:
+                    mask = (labels[:, :, None] != labels[:, None, :]) * -100.
+                    mask = mask.to(windows.dtype)
+                return self.attn(windows, mask=mask)
+        else:
+            def attend(windows, labels):
+                # Released Pola windows ignore the shift mask; only
+                # padding is kept out of the sums.
+                key_mask = None
+                if labels is not None:
+                    key_mask = (labels != PAD_LABEL).repeat(
+                        windows.shape[0] // labels.shape[0], 1)
+                return self.attn(windows, (ws, ws), key_mask)
+        return shifted_window_attention(x, hw_shape, ws, shift, attend)
+
+    def forward(self, x, hw_shape):
+
+        def _inner(x):
+            x = x + self.drop_path(self._attention(self.norm1(x), hw_shape))
+            return self.ffn(self.norm2(x), identity=x)
+
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(_inner, x, use_reentrant=False)
+        return _inner(x)
+
+
+class PolaSwinStage(BaseModule):
+    """``depth`` blocks (odd ones shifted), then optional PatchMerging.
+
+    Shapes:
+        forward(x (B, H*W, C), hw_shape) ->
+        (x_out, out_hw, x_stage (B, H*W, C), hw_shape): the downsampled tokens
+        and the stage output before downsampling.
+    """
+
+    def __init__(self, embed_dims, depth, num_heads, attn_type, window_size,
+                 drop_path_rates, downsample, pretrain_hw=None,
+                 pola_attn_mode='global', mlp_ratio=4., drop_rate=0.,
+                 with_cp=False, norm_cfg=dict(type='LN'), init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.blocks = ModuleList([
+            PolaSwinBlock(embed_dims, num_heads, attn_type, window_size,
+                          shift=i % 2 == 1, pretrain_hw=pretrain_hw,
+                          pola_attn_mode=pola_attn_mode, mlp_ratio=mlp_ratio,
+                          drop_rate=drop_rate,
+                          drop_path_rate=drop_path_rates[i],
+                          with_cp=with_cp, norm_cfg=norm_cfg)
+            for i in range(depth)
+        ])
+        self.downsample = PatchMerging(
+            embed_dims, 2 * embed_dims,
+            norm_cfg=norm_cfg) if downsample else None
+
+    def forward(self, x, hw_shape):
+        for block in self.blocks:
+            x = block(x, hw_shape)
+        if self.downsample is None:
+            return x, hw_shape, x, hw_shape
+        x_down, down_hw = self.downsample(x, hw_shape)
+        return x_down, down_hw, x, hw_shape
+
+
+@MODELS.register_module()
+class PolaSwin(DenseBackboneMixin, BaseModule):
+    """Pola-Swin backbone (PolaFormer, ICLR 2025) for any input size.
+
+    Swin v1 layout; stages with ``attn_types == 'pola'`` (1 and 2 in every
+    released model) use polarity-aware linear attention, the others shifted
+    softmax windows. Loads the released ImageNet checkpoints
+    (``init_cfg=dict(type='Pretrained', checkpoint=PATH)``).
+
+    Args:
+        arch (str | dict): 'tiny', 'small', 'base' or a dict with keys
+            ``embed_dims`` (int), ``depths``, ``num_heads``.
+        pretrain_img_size (int): image size of the released weights (224 or
+            384); sets the grid of the Pola positional encodings.
+        in_channels (int): input channels.
+        patch_size (int): patch embedding stride.
+        window_size (int): softmax window (7; 12 for the 384 model).
+        pola_window_size (int): the released Pola "window" (56; 96 at 384).
+            At 224 it covers the whole stage-1 map, so the released model is
+            global there.
+        pola_attn_mode (str): how Pola stages run on larger maps.
+            'global' (default): one window over the whole map, positional
+            encodings resized to it; every token sees the whole image at
+            linear cost and the regime equals the one the weights were
+            trained in (each Pola stage was one global window at 224).
+            'window': fixed windows of the trained grid (56 in stage 1 and
+            28 in stage 2 at 224), odd blocks shifted by half a window, no
+            shift mask, positional encodings at their trained size: what
+            the released code does on maps larger than its window.
+        attn_types (sequence[str]): 'pola' / 'softmax' per stage.
+        mlp_ratio (float): FFN ratio.
+        out_indices (sequence[int]): stages whose outputs are returned.
+        out_norms (bool): LayerNorm ``norm{i}`` on each output (new layers,
+            except ``norm3``, which takes the released final ``norm``).
+        drop_rate (float): dropout rate.
+        drop_path_rate (float): stochastic depth, linear over blocks.
+        frozen_stages (int): -1 none, 0 the patch embedding, i>0 also
+            stages 1..i (with their output norms).
+        with_cp (bool): gradient checkpointing per block.
+        norm_cfg (dict): norm layers (LayerNorm eps 1e-5 as released).
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``.
+
+    Shapes:
+        input (B, in_channels, H, W), any H, W ->
+        tuple of (B, C_i, ceil(H / (4 * 2^i)), ceil(W / (4 * 2^i))),
+        C_i = embed_dims * 2^i.
+
+    Example:
+        >>> import torch, mmpola
+        >>> model = PolaSwin(arch='tiny', out_indices=(0, 1, 2, 3))
+        >>> [tuple(o.shape) for o in model(torch.rand(1, 3, 97, 131))]
+        [(1, 96, 25, 33), (1, 192, 13, 17), (1, 384, 7, 9), (1, 768, 4, 5)]
+    """
+    arch_zoo = {
+        **dict.fromkeys(['t', 'tiny'], dict(
+            embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24])),
+        **dict.fromkeys(['s', 'small'], dict(
+            embed_dims=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24])),
+        **dict.fromkeys(['b', 'base'], dict(
+            embed_dims=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32])),
+    }
+    family = 'swin'
+
+    def __init__(self,
+                 arch='tiny',
+                 pretrain_img_size=224,
+                 in_channels=3,
+                 patch_size=4,
+                 window_size=7,
+                 pola_window_size=56,
+                 pola_attn_mode='global',
+                 attn_types: Sequence[str] = ('pola', 'pola', 'softmax',
+                                              'softmax'),
+                 mlp_ratio=4.,
+                 out_indices=(0, 1, 2, 3),
+                 out_norms=True,
+                 drop_rate=0.,
+                 drop_path_rate=0.2,
+                 frozen_stages=-1,
+                 with_cp=False,
+                 norm_cfg=dict(type='LN'),
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = self.parse_arch(
+            arch, {'embed_dims', 'depths', 'num_heads'})
+        embed_dims = self.arch_settings['embed_dims']
+        depths = self.arch_settings['depths']
+        num_heads = self.arch_settings['num_heads']
+        assert len(depths) == len(num_heads) == len(attn_types)
+        self.num_stages = len(depths)
+        self.out_indices = self.check_out_indices(out_indices)
+        self.frozen_stages = frozen_stages
+        self.pretrain_img_size = pretrain_img_size
+        self.pola_attn_mode = pola_attn_mode
+
+        self.patch_embed = PatchEmbed(
+            in_channels, embed_dims, kernel_size=patch_size, stride=patch_size,
+            norm_cfg=norm_cfg)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = ModuleList()
+        self.num_features = []
+        grid = pretrain_img_size // patch_size
+        for i, depth in enumerate(depths):
+            dims = embed_dims * 2**i
+            # a Pola window is its positional-encoding grid: the released
+            # code clamps pola_window_size to the map (56, 28 at 224)
+            pola_ws = min(grid, pola_window_size)
+            pola = attn_types[i] == 'pola'
+            self.layers.append(PolaSwinStage(
+                dims, depth, num_heads[i], attn_types[i],
+                pola_ws if pola else window_size,
+                drop_path_rates=dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                downsample=i < self.num_stages - 1,
+                pretrain_hw=(pola_ws, pola_ws),
+                pola_attn_mode=pola_attn_mode, mlp_ratio=mlp_ratio,
+                drop_rate=drop_rate, with_cp=with_cp, norm_cfg=norm_cfg))
+            self.num_features.append(dims)
+            grid //= 2
+        self.add_out_norms(out_norms, norm_cfg)
+        self._freeze_stages()
+
+    def _stage_modules(self, i):
+        return [self.layers[i]]
+
+    def _stem_modules(self):
+        return [self.patch_embed]
+
+    def forward(self, x):
+        x, hw = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.layers):
+            x, hw_next, x_stage, hw = stage(x, hw)
+            if i in self.out_indices:
+                outs.append(self.format_output(i, x_stage, hw))
+            hw = hw_next
+        return tuple(outs)

@@ -1,0 +1,41 @@
+"""Shared fixtures: small generated datasets and a way to run the tools."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='session')
+def coco_root(tmp_path_factory):
+    from mmpola.datasets import make_coco
+    root = tmp_path_factory.mktemp('coco')
+    make_coco(str(root), num_train=4, num_val=2, img_size=(128, 160))
+    return root
+
+
+@pytest.fixture(scope='session')
+def run_tool():
+    """``run_tool('tools/train.py', *args)`` from the repo root; returns the
+    combined output and fails the test, showing it, if the tool fails."""
+
+    def run(tool, *args, timeout=300):
+        env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()))
+        cmd = ['bash' if tool.endswith('.sh') else sys.executable, tool]
+        proc = subprocess.run(
+            cmd + [str(a) for a in args], cwd=ROOT, env=env, timeout=timeout,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.returncode == 0, proc.stdout[-6000:]
+        return proc.stdout
+
+    return run
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
