@@ -9,7 +9,6 @@ bare state dicts load the same way.
 """
 import math
 import os.path as osp
-import pickle
 import re
 from collections import OrderedDict
 
@@ -17,51 +16,16 @@ import torch
 from mmengine.logging import print_log
 from mmpretrain.models.utils import resize_pos_embed
 
+from .utils.torch_load import safe_load
+
 # ---------------------------------------------------------------- reading
-
-
-class _Opaque:
-    """Inert stand-in for any pickled object that is not tensor data."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __setitem__(self, key, value):  # dict subclasses (yacs CfgNode)
-        pass
-
-
-def _allowed_globals():
-    from torch import _weights_only_unpickler as wou
-    return wou._get_allowed_globals()
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals torch's weights-only loader allows; all
-    other classes (optimizer helpers, yacs configs, ...) become inert
-    ``_Opaque`` objects, so no pickled code runs."""
-
-    def find_class(self, module, name):
-        obj = _allowed_globals().get(f'{module}.{name}')
-        if obj is not None:
-            return obj
-        return type(name, (_Opaque, ), {'__module__': 'mmpola.opaque'})
-
-
-class _restricted_pickle:  # a ``pickle_module`` for torch.load
-    Unpickler = _RestrictedUnpickler
-    load = pickle.load
-    __name__ = 'mmpola_restricted_pickle'
 
 
 def read_checkpoint(path):
     """Read a checkpoint file into CPU memory, never running pickled code.
 
-    Tries torch's weights-only loader first; files holding other objects
-    (e.g. the released training code's yacs ``config``) are read with an
-    unpickler that replaces those objects by inert placeholders.
+    Objects other than tensor data (e.g. the released training code's yacs
+    ``config``) become inert placeholders (see ``mmpola.utils.torch_load``).
     """
     if not osp.isfile(path):
         raise FileNotFoundError(
@@ -69,11 +33,7 @@ def read_checkpoint(path):
             'PolaFormer weights and put them there (see README, "Released '
             'weights"), or set the backbone init_cfg to None to train from '
             'scratch.')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError:
-        return torch.load(path, map_location='cpu', weights_only=False,
-                          pickle_module=_restricted_pickle)
+    return safe_load(path, unknown='placeholder')
 
 
 def extract_state_dict(ckpt, path='<checkpoint>'):

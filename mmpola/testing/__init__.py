@@ -1,0 +1,73 @@
+"""Helpers for tests and demos: released-layout checkpoints, fixtures."""
+import json
+import os.path as osp
+import pickle
+import sys
+import types
+
+import torch
+
+SHAPES_FILE = osp.join(osp.dirname(__file__), 'official_state_dict_shapes.json')
+
+# released checkpoint name -> backbone config that reproduces it
+OFFICIAL_MODELS = {
+    'pola_pvt_tiny': dict(type='PolaPVT', arch='tiny'),
+    'pola_pvt_small': dict(type='PolaPVT', arch='small'),
+    'pola_pvt_medium': dict(type='PolaPVT', arch='medium'),
+    'pola_pvt_large': dict(type='PolaPVT', arch='large'),
+    'pola_swin_tiny_patch4_224': dict(type='PolaSwin', arch='tiny'),
+    'pola_swin_small_patch4_224': dict(type='PolaSwin', arch='small'),
+    'pola_swin_base_patch4_224': dict(type='PolaSwin', arch='base'),
+    'pola_swin_base_patch4_384': dict(
+        type='PolaSwin', arch='base', pretrain_img_size=384, window_size=12,
+        pola_window_size=96),
+}
+
+
+def official_shapes(name):
+    """{key: shape} of a released checkpoint (see OFFICIAL_MODELS)."""
+    with open(SHAPES_FILE) as f:
+        return json.load(f)[name]
+
+
+def _fake_yacs_config():
+    """An object that pickles as ``yacs.config.CfgNode`` without yacs."""
+    module = types.ModuleType('yacs.config')
+    cfg_node = type('CfgNode', (dict, ), {'__module__': 'yacs.config'})
+    module.CfgNode = cfg_node
+    cfg = cfg_node(MODEL=cfg_node(TYPE='pola'), TRAIN=cfg_node(EPOCHS=300))
+    return cfg, module
+
+
+def make_official_checkpoint(name, path, seed=0):
+    """Write a random-valued checkpoint in the released training code's
+    layout: ``{'model', 'optimizer', 'lr_scheduler', 'max_accuracy',
+    'epoch', 'config'}`` with a yacs ``CfgNode`` as ``config``.
+
+    Returns the state dict written.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in official_shapes(name).items():
+        if key.endswith('relative_position_index'):
+            state[key] = torch.zeros(shape, dtype=torch.long)
+        elif key.endswith('weight') and 'norm' in key.split('.')[-2]:
+            state[key] = torch.ones(shape)
+        else:
+            state[key] = torch.randn(shape, generator=gen) * 0.02
+    cfg, module = _fake_yacs_config()
+    ckpt = dict(model=state, optimizer={'state': {}, 'param_groups': []},
+                lr_scheduler={}, max_accuracy=78.8, epoch=299, config=cfg)
+    saved = {m: sys.modules.get(m) for m in ('yacs', 'yacs.config')}
+    sys.modules['yacs'] = types.ModuleType('yacs')
+    sys.modules['yacs.config'] = module
+    try:
+        with open(path, 'wb') as f:
+            torch.save(ckpt, f, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        for m, old in saved.items():
+            if old is None:
+                sys.modules.pop(m, None)
+            else:
+                sys.modules[m] = old
+    return state

@@ -1,0 +1,197 @@
+"""Pola-PVT / Pola-Swin: exactness to the released code, any input size,
+the mmdet backbone test pattern (shapes, frozen_stages, with_cp)."""
+import os.path as osp
+
+import pytest
+import torch
+
+import mmpola  # noqa: F401  (registers the backbones)
+from mmpola import PolaPVT, PolaSwin
+from mmpola.checkpoint import convert_released
+
+DATA = osp.join(osp.dirname(__file__), 'data')
+
+# Small archs keep the CPU tests fast; the presets are covered below.
+TINY_PVT = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
+TINY_SWIN = dict(embed_dims=16, depths=[1, 2, 2, 2], num_heads=[1, 2, 2, 4])
+
+
+def load_fixture(family):
+    return torch.load(osp.join(DATA, f'pola_{family}_reference.pt'),
+                      weights_only=True)
+
+
+def fixture_backbone(fixture, **kwargs):
+    """The backbone matching a fixture, raw stage outputs (no out norms)."""
+    a = fixture['arch']
+    if fixture['family'] == 'pvt':
+        arch = {k: a[k] for k in ('embed_dims', 'depths', 'num_heads',
+                                  'mlp_ratios')}
+        model = PolaPVT(arch=arch, out_norms=False, **kwargs)
+    else:
+        arch = dict(embed_dims=a['embed_dim'], depths=a['depths'],
+                    num_heads=a['num_heads'])
+        model = PolaSwin(arch=arch, out_norms=False,
+                         pola_window_size=a['window_size'], **kwargs)
+    state = {k: v.float() for k, v in fixture['state_dict'].items()}
+    backbone, _, _ = convert_released(state, fixture['family'])
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    assert not missing
+    assert all(k.startswith('norm3.') for k in unexpected)
+    return model.eval()
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize('family', ['pvt', 'swin'])
+def test_stage_outputs_match_released_code(family):
+    fixture = load_fixture(family)
+    model = fixture_backbone(fixture)
+    with torch.no_grad():
+        outs = model(fixture['input'])
+    assert len(outs) == 4
+    for out, ref in zip(outs, fixture['stage_outputs']):
+        assert out.shape == ref.shape
+        assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize('family', ['pvt', 'swin'])
+def test_bf16_autocast_stays_close_and_finite(family):
+    fixture = load_fixture(family)
+    model = fixture_backbone(fixture)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(fixture['input'])
+    for out, ref in zip(outs, fixture['stage_outputs']):
+        assert torch.isfinite(out).all()
+        assert rel_err(out.float(), ref) < 0.1
+
+
+def test_large_activations_stay_finite_in_half_precision():
+    """|q / softplus(scale)| of 50 raised to p ~ 5 overflows fp16 (and is
+    far outside what bf16 represents precisely); the core runs in fp32."""
+    attn = mmpola.PolaAttention(32, 1, (4, 4), fused_qkvg=True)
+    with torch.no_grad():
+        attn.power.fill_(10.)  # p -> 5
+        attn.scale.fill_(-5.)  # softplus -> 0.0067: q, k grow 150x
+    x = torch.randn(2, 16, 32) * 10
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = attn(x, (4, 4))
+    assert torch.isfinite(out).all()
+    # float16 storage of the same powers would overflow
+    q = attn.qkvg(x).chunk(4, -1)[0] / torch.nn.functional.softplus(
+        attn.scale)
+    assert not torch.isfinite((q.abs().half()**5)).all()
+
+
+@pytest.mark.parametrize('size', [(97, 131), (513, 517), (64, 64)])
+@pytest.mark.parametrize('cls, arch', [(PolaPVT, TINY_PVT),
+                                       (PolaSwin, TINY_SWIN)])
+def test_any_input_size(cls, arch, size):
+    model = cls(arch=arch).eval()
+    with torch.no_grad():
+        outs = model(torch.rand(1, 3, *size))
+    h, w = size
+    for i, out in enumerate(outs):
+        stride = 4 * 2**i
+        assert out.shape[-2:] == (-(-h // stride), -(-w // stride)), i
+        assert torch.isfinite(out).all()
+
+
+def test_detection_size_and_window_mode():
+    model = PolaSwin(arch=TINY_SWIN, pola_attn_mode='window',
+                     pretrain_img_size=64).eval()  # Pola windows 16 and 8
+    with torch.no_grad():
+        outs = model(torch.rand(1, 3, 200, 299))
+    assert [o.shape[-2:] for o in outs] == [(50, 75), (25, 38), (13, 19),
+                                            (7, 10)]
+
+
+def test_global_and_window_mode_agree_on_the_trained_grid():
+    """At the trained size both modes are the released model."""
+    fixture = load_fixture('swin')
+    glob = fixture_backbone(fixture, pola_attn_mode='global')
+    win = fixture_backbone(fixture, pola_attn_mode='window')
+    with torch.no_grad():
+        for a, b in zip(glob(fixture['input']), win(fixture['input'])):
+            torch.testing.assert_close(a, b)
+
+
+def test_softmax_window_padding_is_masked():
+    """A map smaller than the window is padded; real tokens must attend
+    only to real tokens, with the biases of their true offsets."""
+    torch.manual_seed(0)
+    block = mmpola.models.pola_swin.PolaSwinBlock(
+        16, 2, 'softmax', window_size=7, shift=True).eval()
+    with torch.no_grad():
+        block.attn.relative_position_bias_table.normal_()
+    H, W = 5, 6
+    x = torch.randn(2, H * W, 16)
+    with torch.no_grad():
+        out = block._attention(x, (H, W))
+        # reference: plain attention over the 30 real tokens
+        attn = block.attn
+        B, N, C = x.shape
+        qkv = attn.qkv(x).reshape(B, N, 3, 2, C // 2).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * attn.scale, qkv[1], qkv[2]
+        pos = torch.arange(49).view(7, 7)[:H, :W].flatten()
+        index = attn.relative_position_index[pos][:, pos]
+        bias = attn.relative_position_bias_table[index].permute(2, 0, 1)
+        ref = ((q @ k.transpose(-2, -1) + bias).softmax(-1) @ v)
+        ref = attn.proj(ref.transpose(1, 2).reshape(B, N, C))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('cls, arch', [(PolaPVT, TINY_PVT),
+                                       (PolaSwin, TINY_SWIN)])
+def test_frozen_stages(cls, arch):
+    model = cls(arch=arch, frozen_stages=1)
+    model.train()
+    frozen = [model.patch_embed1, model.block1, model.norm0] \
+        if cls is PolaPVT else [model.patch_embed, model.layers[0],
+                                model.norm0]
+    for m in frozen:
+        assert not m.training
+        assert all(not p.requires_grad for p in m.parameters())
+    later = model.block2 if cls is PolaPVT else model.layers[1]
+    assert later.training
+    assert all(p.requires_grad for p in later.parameters())
+
+
+@pytest.mark.parametrize('cls, arch', [(PolaPVT, TINY_PVT),
+                                       (PolaSwin, TINY_SWIN)])
+def test_with_cp_matches_plain_forward_and_backward(cls, arch):
+    torch.manual_seed(0)
+    plain = cls(arch=arch, drop_path_rate=0.)
+    ckpt = cls(arch=arch, drop_path_rate=0., with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 67, 75)
+    grads = []
+    for model in (plain, ckpt):
+        model.zero_grad()
+        sum(o.sum() for o in model(x)).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments():
+    with pytest.raises(AssertionError, match='Unknown arch'):
+        PolaPVT(arch='huge')
+    with pytest.raises(AssertionError, match='needs the keys'):
+        PolaSwin(arch=dict(embed_dims=32))
+    with pytest.raises(AssertionError, match='out of range'):
+        PolaPVT(arch=TINY_PVT, out_indices=(4, ))
+    with pytest.raises(AssertionError):
+        PolaSwin(arch=TINY_SWIN, pola_attn_mode='local')
+
+
+@pytest.mark.parametrize('registry', ['mmdet', 'mmseg', 'mmpretrain'])
+def test_build_from_each_package_registry(registry):
+    import importlib
+    MODELS = importlib.import_module(f'{registry}.registry').MODELS
+    for name, arch in (('PolaPVT', TINY_PVT), ('PolaSwin', TINY_SWIN)):
+        model = MODELS.build(dict(type=name, arch=arch))
+        assert type(model).__name__ == name
