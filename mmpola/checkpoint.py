@@ -222,3 +222,23 @@ def load_pretrained(model, path, logger='current'):
         f'{new_layers[:4]}', logger=logger)
     return dict(loaded=list(sd), resized=resized, ignored=ignored,
                 new=new_layers)
+
+
+def convert_to_mmpretrain(path):
+    """A released file as an mmpretrain ``ImageClassifier`` state dict.
+
+    ``backbone.*`` in mmpola's layout and the linear head as
+    ``head.fc.*`` (mmpretrain's ``LinearClsHead``); loads strictly into the
+    classifier built from the matching ``configs/mmpretrain`` config, and
+    serves detection/segmentation configs as backbone initialisation.
+    """
+    sd = extract_state_dict(read_checkpoint(path), path)
+    family = detect_family(sd)
+    if family is None or not is_released_layout(sd):
+        raise ValueError(f'{path}: not a released PolaFormer checkpoint '
+                         f'(first keys: {list(sd)[:4]})')
+    backbone, head, _ = convert_released(sd, family)
+    out = OrderedDict((f'backbone.{k}', v) for k, v in backbone.items()
+                      if not REBUILT.search(k))
+    out.update((f'head.fc.{k[5:]}', v) for k, v in head.items())
+    return out, family

@@ -1,0 +1,40 @@
+"""Convert a released PolaFormer ImageNet checkpoint to mmpola/mmpretrain.
+
+    python tools/model_converters/polaformer_to_mmpola.py SRC DST
+
+SRC: a file saved by the released training code ({'model': ..., 'config':
+...}), a ``state_dict`` file or a bare state dict. DST: an mmpretrain
+``ImageClassifier`` checkpoint (``backbone.*``, ``head.fc.*``) that
+``mmengine.runner.load_checkpoint(model, DST, strict=True)`` loads into the
+classifier of the matching ``configs/mmpretrain`` config; detection and
+segmentation configs can use it as ``init_cfg`` checkpoint too.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import torch
+
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
+from mmpola.checkpoint import convert_to_mmpretrain  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('src', help='released checkpoint')
+    parser.add_argument('dst', help='output file (mmpretrain layout)')
+    args = parser.parse_args()
+    state, family = convert_to_mmpretrain(args.src)
+    if osp.dirname(args.dst):
+        os.makedirs(osp.dirname(args.dst), exist_ok=True)
+    torch.save(dict(state_dict=state,
+                    meta=dict(source=osp.basename(args.src),
+                              family=f'pola_{family}')), args.dst)
+    n = sum(v.numel() for v in state.values())
+    print(f'{args.src} -> {args.dst}: Pola-{family.upper()}, '
+          f'{len(state)} tensors, {n / 1e6:.2f}M parameters')
+
+
+if __name__ == '__main__':
+    main()
