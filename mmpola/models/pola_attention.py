@@ -29,11 +29,124 @@ from mmpretrain.models.utils import resize_pos_embed
 EPS = 1e-6
 
 
-def polarity_features(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``[relu(x)**p, relu(-x)**p]`` with one power: (..., d) -> (..., 2d)."""
-    mag = x.abs().pow(p)
+TINY = 1e-38  # |x| floor: keeps |x|**(p-1) and log|x| finite at x == 0
+
+
+def _w_blocks(m_top, m_bot, half):
+    """The (d, d+2) halves of W from the key sums M = [m_top; m_bot].
+
+    Column groups: [x_sim numerator | x_sim normaliser | x_opp numerator |
+    x_opp normaliser]; q_opp's products use M with its row halves swapped.
+    """
+    d = m_top.shape[-1] - 1
+    w_top = torch.cat([m_top[..., :half], m_top[..., d:],
+                       m_bot[..., half:d], m_bot[..., d:]], dim=-1)
+    w_bot = torch.cat([m_bot[..., :half], m_bot[..., d:],
+                       m_top[..., half:d], m_top[..., d:]], dim=-1)
+    return w_top, w_bot
+
+
+def _w_blocks_grad(dw_top, dw_bot, half):
+    """Adjoint of :func:`_w_blocks`: (dM_top, dM_bot), each (d, d+1)."""
+    d = dw_top.shape[-1] - 2
+
+    def assemble(first, second):
+        return torch.cat([first[..., :half], second[..., half + 1:d + 1],
+                          first[..., half:half + 1] + second[..., d + 1:]],
+                         dim=-1)
+
+    return assemble(dw_top, dw_bot), assemble(dw_bot, dw_top)
+
+
+def _magnitude_grad(x, mag, g_mag, g_pos, p):
+    """Gradients through ``mag = |x|**p`` and ``pos = mag * (x > 0)``.
+
+    Returns (dx, dp per element) given the gradients of mag and pos.
+    """
     pos = x > 0
-    return torch.cat([mag * pos, mag * ~pos], dim=-1)
+    g = torch.addcmul(g_mag, g_pos, pos)                 # d/d mag
+    ax = x.abs().clamp_min_(TINY)
+    dp = g * mag * ax.log()                               # mag * ln|x|
+    dx = g.mul_(mag).div_(ax).mul_(p)                     # p |x|^(p-1)
+    dx = torch.where(pos, dx, -dx)                        # * sign(x)
+    return dx, dp
+
+
+class _PolaCore(torch.autograd.Function):
+    """Regrouped released arithmetic with a hand-written backward.
+
+    One ``|x|**p`` per tensor; ``relu(-x)**p`` is ``|x|**p - relu(x)**p``,
+    so q_sim / q_opp / k' are never materialised, and the backward reuses
+    the forward's magnitudes instead of differentiating four powers.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, p, key_mask):
+        half = v.shape[-1] // 2
+        k_mag = k.abs().pow_(p)
+        k_pos = k_mag * (k > 0)
+        ones = torch.ones_like(v[..., :1])
+        if key_mask is None:
+            n = k.shape[-2]
+        else:
+            k_mag.mul_(key_mask)
+            k_pos.mul_(key_mask)
+            n = key_mask.sum(dim=-2, keepdim=True).clamp_(min=1)
+        v1 = torch.cat([v, ones], dim=-1).div_(n)         # (B, h, N, d+1)
+        kv_pos = k_pos.transpose(-2, -1) @ v1              # (B, h, d, d+1)
+        kv_neg = k_mag.transpose(-2, -1) @ v1 - kv_pos
+        w_top, w_bot = _w_blocks(kv_pos, kv_neg, half)     # (B, h, d, d+2)
+        w_diff = w_top - w_bot
+        q_mag = q.abs().pow_(p)
+        out = torch.baddbmm(
+            (q_mag @ w_bot).flatten(0, 1), (q_mag * (q > 0)).flatten(0, 1),
+            w_diff.flatten(0, 1)).view(*q.shape[:-1], -1)  # (B, h, N, d+2)
+        x = torch.empty_like(v)
+        torch.div(out[..., :half], out[..., half:half + 1] + EPS,
+                  out=x[..., :half])
+        torch.div(out[..., half + 1:-1], out[..., -1:] + EPS,
+                  out=x[..., half:])
+        ctx.save_for_backward(q, k, q_mag, k_mag, v1, w_top, w_bot, out, p,
+                              key_mask if key_mask is not None else ones[:0])
+        ctx.n, ctx.half = n, half
+        return x
+
+    @staticmethod
+    def backward(ctx, dx):
+        q, k, q_mag, k_mag, v1, w_top, w_bot, out, p, key_mask = \
+            ctx.saved_tensors
+        half, n = ctx.half, ctx.n
+        d = v1.shape[-1] - 1
+        # through x_sim = num / (z + eps), x_opp likewise
+        z_sim = out[..., half:half + 1] + EPS
+        z_opp = out[..., -1:] + EPS
+        d_out = torch.cat([
+            dx[..., :half] / z_sim,
+            -(dx[..., :half] * out[..., :half]).sum(-1, keepdim=True) /
+            z_sim.square(),
+            dx[..., half:] / z_opp,
+            -(dx[..., half:] * out[..., half + 1:-1]).sum(-1, keepdim=True) /
+            z_opp.square()], dim=-1)                        # (B, h, N, d+2)
+        # query side: out = q_mag @ w_bot + q_pos @ (w_top - w_bot)
+        q_pos = q_mag * (q > 0)
+        dw_top = q_pos.transpose(-2, -1) @ d_out
+        dw_bot = q_mag.transpose(-2, -1) @ d_out - dw_top
+        dq, dp = _magnitude_grad(q, q_mag, d_out @ w_bot.transpose(-2, -1),
+                                 d_out @ (w_top - w_bot).transpose(-2, -1), p)
+        # key side: kv_pos = k_pos^T v1, kv_neg = k_mag^T v1 - kv_pos
+        dkv_pos, dkv_neg = _w_blocks_grad(dw_top, dw_bot, half)
+        dkv_diff = dkv_pos - dkv_neg
+        k_pos = k_mag * (k > 0)
+        dv1 = k_pos @ dkv_diff + k_mag @ dkv_neg
+        g_pos = v1 @ dkv_diff.transpose(-2, -1)
+        g_mag = v1 @ dkv_neg.transpose(-2, -1)
+        if key_mask.numel():
+            g_pos.mul_(key_mask)
+            g_mag.mul_(key_mask)
+        dk, dp_k = _magnitude_grad(k, k_mag, g_mag, g_pos, p)
+        dv = dv1[..., :d] / n
+        dp = (dp + dp_k).sum_to_size(p.shape)
+        return dq, dk, dv, dp, None
 
 
 def pola_linear_attention(q: torch.Tensor,
@@ -59,27 +172,12 @@ def pola_linear_attention(q: torch.Tensor,
         Tensor: (B, heads, N, d) in v's dtype, channels ``[x_sim, x_opp]``.
     """
     out_dtype = v.dtype
+    dtype = torch.promote_types(v.dtype, torch.float32)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v, p = q.float(), k.float(), v.float(), p.float()
-        d = v.shape[-1]
-        half = d // 2
-        kf = polarity_features(k, p)                       # (B, h, N, 2d)
-        ones = torch.ones_like(v[..., :1])
-        if key_mask is None:
-            n = k.shape[-2]
-        else:
-            key_mask = key_mask.float()
-            kf = kf * key_mask
-            n = key_mask.sum(dim=-2, keepdim=True).clamp(min=1)
-        # kv[..., :d] = k'^T v / n,  kv[..., d] = mean(k')   (B, h, 2d, d+1)
-        kv = kf.transpose(-2, -1) @ (torch.cat([v, ones], dim=-1) / n)
-        kv_swap = torch.cat([kv[..., d:, :], kv[..., :d, :]], dim=-2)
-        w = torch.cat([kv[..., :half], kv[..., d:],
-                       kv_swap[..., half:d], kv_swap[..., d:]], dim=-1)
-        out = polarity_features(q, p) @ w                  # (B, h, N, d+2)
-        x_sim = out[..., :half] / (out[..., half:half + 1] + EPS)
-        x_opp = out[..., half + 1:d + 1] / (out[..., d + 1:] + EPS)
-        return torch.cat([x_sim, x_opp], dim=-1).to(out_dtype)
+        q, k, v, p = (t.to(dtype).contiguous() for t in (q, k, v, p))
+        if key_mask is not None:
+            key_mask = key_mask.to(dtype)
+        return _PolaCore.apply(q, k, v, p, key_mask).to(out_dtype)
 
 
 class PolaAttention(BaseModule):
