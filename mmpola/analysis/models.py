@@ -103,7 +103,7 @@ def load_config(path, cfg_options=None):
 
 def task_of(model_cfg, scope):
     """'backbone', 'det', 'seg' or 'cls'."""
-    if 'backbone' not in model_cfg:
+    if 'backbone' not in model_cfg or scope is None:
         return 'backbone'
     return {'mmdet': 'det', 'mmseg': 'seg', 'mmpretrain': 'cls'}[scope]
 
@@ -133,7 +133,8 @@ def build_model(spec, cfg_options=None, backbone_only=False):
                 f' or one of {sorted(NAMED)}')
     pad_divisor = 1
     if isinstance(spec, dict):
-        scope = 'mmdet'
+        # 'mmdet.X' from mmdet's registry, others (PolaPVT...) from the root
+        scope = spec['type'].split('.')[0] if '.' in spec['type'] else None
         model_cfg = copy.deepcopy(spec)
         if cfg_options:
             cfg = Config(dict(model=model_cfg))
@@ -151,7 +152,11 @@ def build_model(spec, cfg_options=None, backbone_only=False):
         pad_divisor = (pre.get('pad_size_divisor') or pre.get('size_divisor')
                        or 1)
     _drop_pretrained(model_cfg)
-    registry = _import_scope(scope, models_only=task == 'backbone')
+    if scope is None:
+        import mmpola  # noqa: F401
+        from mmengine.registry import MODELS as registry
+    else:
+        registry = _import_scope(scope, models_only=task == 'backbone')
     model = registry.build(model_cfg)
     model.eval()
     return model, dict(task=task, name=name, cfg=model_cfg, scope=scope,

@@ -32,91 +32,88 @@ EPS = 1e-6
 TINY = 1e-38  # |x| floor: keeps |x|**(p-1) and log|x| finite at x == 0
 
 
-def _w_blocks(m_top, m_bot, half):
-    """The (d, d+2) halves of W from the key sums M = [m_top; m_bot].
+def polarity_features(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``[relu(x)**p, relu(-x)**p]`` with one power: (..., d) -> (..., 2d).
+
+    ``relu(-x)**p = |x|**p - relu(x)**p`` exactly (one of the two is 0).
+    """
+    mag = x.abs().pow_(p)
+    d = x.shape[-1]
+    out = x.new_empty(*x.shape[:-1], 2 * d)
+    torch.mul(mag, x > 0, out=out[..., :d])
+    torch.sub(mag, out[..., :d], out=out[..., d:])
+    return out
+
+
+def _w_from_key_sums(m, half):
+    """W (2d, d+2) from the key sums M = [k+; k-]^T [v, 1] / n (2d, d+1).
 
     Column groups: [x_sim numerator | x_sim normaliser | x_opp numerator |
-    x_opp normaliser]; q_opp's products use M with its row halves swapped.
+    x_opp normaliser]; q_opp's products are q_sim's with M's row halves
+    swapped.
     """
-    d = m_top.shape[-1] - 1
-    w_top = torch.cat([m_top[..., :half], m_top[..., d:],
-                       m_bot[..., half:d], m_bot[..., d:]], dim=-1)
-    w_bot = torch.cat([m_bot[..., :half], m_bot[..., d:],
-                       m_top[..., half:d], m_top[..., d:]], dim=-1)
-    return w_top, w_bot
+    d = m.shape[-1] - 1
+    m_swap = torch.cat([m[..., d:, :], m[..., :d, :]], dim=-2)
+    return torch.cat([m[..., :half], m[..., d:], m_swap[..., half:d],
+                      m_swap[..., d:]], dim=-1)
 
 
-def _w_blocks_grad(dw_top, dw_bot, half):
-    """Adjoint of :func:`_w_blocks`: (dM_top, dM_bot), each (d, d+1)."""
-    d = dw_top.shape[-1] - 2
-
-    def assemble(first, second):
-        return torch.cat([first[..., :half], second[..., half + 1:d + 1],
-                          first[..., half:half + 1] + second[..., d + 1:]],
-                         dim=-1)
-
-    return assemble(dw_top, dw_bot), assemble(dw_bot, dw_top)
+def _key_sums_grad(dw, half):
+    """Adjoint of :func:`_w_from_key_sums`: dW (2d, d+2) -> dM (2d, d+1)."""
+    d = dw.shape[-1] - 2
+    dw_swap = torch.cat([dw[..., d:, :], dw[..., :d, :]], dim=-2)
+    return torch.cat([dw[..., :half], dw_swap[..., half + 1:d + 1],
+                      dw[..., half:half + 1] + dw_swap[..., d + 1:]], dim=-1)
 
 
-def _magnitude_grad(x, mag, g_mag, g_pos, p):
-    """Gradients through ``mag = |x|**p`` and ``pos = mag * (x > 0)``.
-
-    Returns (dx, dp per element) given the gradients of mag and pos.
-    """
+def _polarity_grad(x, feats, dfeats, p):
+    """Backward of :func:`polarity_features`: (dx, dp per element)."""
+    d = x.shape[-1]
     pos = x > 0
-    g = torch.addcmul(g_mag, g_pos, pos)                 # d/d mag
+    g = torch.where(pos, dfeats[..., :d], dfeats[..., d:])    # d |x|^p
+    g.mul_(feats[..., :d] + feats[..., d:])                   # * |x|^p
     ax = x.abs().clamp_min_(TINY)
-    dp = g * mag * ax.log()                               # mag * ln|x|
-    dx = g.mul_(mag).div_(ax).mul_(p)                     # p |x|^(p-1)
-    dx = torch.where(pos, dx, -dx)                        # * sign(x)
-    return dx, dp
+    dp = g * ax.log()                                         # ln|x| |x|^p
+    dx = g.div_(ax).mul_(p)                                   # p |x|^(p-1)
+    return torch.where(pos, dx, -dx), dp
 
 
 class _PolaCore(torch.autograd.Function):
     """Regrouped released arithmetic with a hand-written backward.
 
-    One ``|x|**p`` per tensor; ``relu(-x)**p`` is ``|x|**p - relu(x)**p``,
-    so q_sim / q_opp / k' are never materialised, and the backward reuses
-    the forward's magnitudes instead of differentiating four powers.
+    One ``|x|**p`` per tensor, one key-side and one query-side matrix
+    product (q_opp and the normalisers folded into W); the backward reuses
+    the forward's features instead of differentiating four powers.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, p, key_mask):
         half = v.shape[-1] // 2
-        k_mag = k.abs().pow_(p)
-        k_pos = k_mag * (k > 0)
+        kf = polarity_features(k, p)                       # (B, h, N, 2d)
         ones = torch.ones_like(v[..., :1])
         if key_mask is None:
             n = k.shape[-2]
         else:
-            k_mag.mul_(key_mask)
-            k_pos.mul_(key_mask)
+            kf.mul_(key_mask)
             n = key_mask.sum(dim=-2, keepdim=True).clamp_(min=1)
-        v1 = torch.cat([v, ones], dim=-1).div_(n)         # (B, h, N, d+1)
-        kv_pos = k_pos.transpose(-2, -1) @ v1              # (B, h, d, d+1)
-        kv_neg = k_mag.transpose(-2, -1) @ v1 - kv_pos
-        w_top, w_bot = _w_blocks(kv_pos, kv_neg, half)     # (B, h, d, d+2)
-        w_diff = w_top - w_bot
-        q_mag = q.abs().pow_(p)
-        out = torch.baddbmm(
-            (q_mag @ w_bot).flatten(0, 1), (q_mag * (q > 0)).flatten(0, 1),
-            w_diff.flatten(0, 1)).view(*q.shape[:-1], -1)  # (B, h, N, d+2)
+        v1 = torch.cat([v, ones], dim=-1).div_(n)          # (B, h, N, d+1)
+        w = _w_from_key_sums(kf.transpose(-2, -1) @ v1, half)
+        qf = polarity_features(q, p)
+        out = qf @ w                                       # (B, h, N, d+2)
         x = torch.empty_like(v)
         torch.div(out[..., :half], out[..., half:half + 1] + EPS,
                   out=x[..., :half])
         torch.div(out[..., half + 1:-1], out[..., -1:] + EPS,
                   out=x[..., half:])
-        ctx.save_for_backward(q, k, q_mag, k_mag, v1, w_top, w_bot, out, p,
+        ctx.save_for_backward(q, k, qf, kf, v1, w, out, p,
                               key_mask if key_mask is not None else ones[:0])
         ctx.n, ctx.half = n, half
         return x
 
     @staticmethod
     def backward(ctx, dx):
-        q, k, q_mag, k_mag, v1, w_top, w_bot, out, p, key_mask = \
-            ctx.saved_tensors
-        half, n = ctx.half, ctx.n
-        d = v1.shape[-1] - 1
+        q, k, qf, kf, v1, w, out, p, key_mask = ctx.saved_tensors
+        half = ctx.half
         # through x_sim = num / (z + eps), x_opp likewise
         z_sim = out[..., half:half + 1] + EPS
         z_opp = out[..., -1:] + EPS
@@ -127,26 +124,14 @@ class _PolaCore(torch.autograd.Function):
             dx[..., half:] / z_opp,
             -(dx[..., half:] * out[..., half + 1:-1]).sum(-1, keepdim=True) /
             z_opp.square()], dim=-1)                        # (B, h, N, d+2)
-        # query side: out = q_mag @ w_bot + q_pos @ (w_top - w_bot)
-        q_pos = q_mag * (q > 0)
-        dw_top = q_pos.transpose(-2, -1) @ d_out
-        dw_bot = q_mag.transpose(-2, -1) @ d_out - dw_top
-        dq, dp = _magnitude_grad(q, q_mag, d_out @ w_bot.transpose(-2, -1),
-                                 d_out @ (w_top - w_bot).transpose(-2, -1), p)
-        # key side: kv_pos = k_pos^T v1, kv_neg = k_mag^T v1 - kv_pos
-        dkv_pos, dkv_neg = _w_blocks_grad(dw_top, dw_bot, half)
-        dkv_diff = dkv_pos - dkv_neg
-        k_pos = k_mag * (k > 0)
-        dv1 = k_pos @ dkv_diff + k_mag @ dkv_neg
-        g_pos = v1 @ dkv_diff.transpose(-2, -1)
-        g_mag = v1 @ dkv_neg.transpose(-2, -1)
+        dq, dp = _polarity_grad(q, qf, d_out @ w.transpose(-2, -1), p)
+        dm = _key_sums_grad(qf.transpose(-2, -1) @ d_out, half)
+        dv = (kf @ dm)[..., :-1] / ctx.n
+        dkf = v1 @ dm.transpose(-2, -1)
         if key_mask.numel():
-            g_pos.mul_(key_mask)
-            g_mag.mul_(key_mask)
-        dk, dp_k = _magnitude_grad(k, k_mag, g_mag, g_pos, p)
-        dv = dv1[..., :d] / n
-        dp = (dp + dp_k).sum_to_size(p.shape)
-        return dq, dk, dv, dp, None
+            dkf.mul_(key_mask)
+        dk, dp_k = _polarity_grad(k, kf, dkf, p)
+        return dq, dk, dv, (dp + dp_k).sum_to_size(p.shape), None
 
 
 def pola_linear_attention(q: torch.Tensor,
