@@ -10,16 +10,23 @@ papers' FLOPs are multiply-adds of the matrix products); for Pola attention
 it misses real work: the polarity features (two ReLUs and two powers per
 q/k element), the normalisers, the gating.
 
+mmpola's core is moreover a ``torch.autograd.Function`` (hand-written
+backward): the jit tracer records it as one opaque ``prim::PythonOp``, so a
+plain count sees none of its matrix products either.
+
 ``PolaFlopAnalyzer`` adds a per-module rule for ``PolaAttention``:
 
 * its input projections, output projection and depthwise conv are counted by
   MMEngine's own linear / conv handles from the trace (multiply-adds; bias
   additions ignored, as MMEngine does for every linear and conv);
-* the attention core (``pola_linear_attention``) is replaced, while tracing,
-  by one opaque op whose count is the analytic count of the *released*
-  formulation (``pola_core_flops``; matrix products in multiply-adds,
-  element-wise work one FLOP per output element and operation), so the
-  number does not depend on how mmpola's fast core regroups the arithmetic;
+* the attention core (``pola_linear_attention``) is wrapped, while tracing,
+  in an opaque op of its own (``PolaCoreCount``) whose count is the
+  analytic count of the *released* formulation (``pola_core_flops``; matrix
+  products in multiply-adds, element-wise work one FLOP per output element
+  and operation), so the number does not depend on how mmpola's fast core
+  regroups the arithmetic (should a future ``PolaAttention`` reach its core
+  some other way, the same analytic count is added per call instead, and
+  whatever matrix products the trace saw inside the module are taken out);
 * the element-wise work of ``PolaAttention.forward`` around the core
   (positional encoding added to k, q and k divided by softplus(scale), the
   depthwise-conv branch added, the gate multiplication: 5 per token and

@@ -17,6 +17,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+import mmpola  # noqa: F401  (registers PolaPVT and PolaSwin)
+
 SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
 
@@ -65,7 +67,6 @@ def _register_modules(cfg: Config) -> None:
     ``mmpola`` goes into ``custom_imports``, so the config the Runner dumps
     into the work dir builds the same model elsewhere.
     """
-    import mmpola  # noqa: F401  (registers PolaPVT, PolaSwin)
     custom = dict(cfg.get('custom_imports') or {})
     imports = custom.get('imports', [])
     imports = [imports] if isinstance(imports, str) else list(imports)

@@ -1,0 +1,239 @@
+"""mmpola.analysis and tools/analysis: FLOP counts, attention maps,
+entropies, memory measurement, and the three CLIs on tiny settings."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+from reference_pola import released_pola_core
+
+from mmpola.analysis import attention_maps as am
+from mmpola.analysis.flops import analyze, pola_attention_flops
+from mmpola.analysis.measure import peak_memory
+from mmpola.analysis.reference import released_pola_core as copied_core
+from mmpola.models import PolaAttention
+import mmpola.models.pola_attention as pa
+
+
+class OneLayer(torch.nn.Module):
+
+    def __init__(self, fused, hw=(4, 4)):
+        super().__init__()
+        self.hw = hw
+        self.attn = PolaAttention(8, 2, hw, fused_qkvg=fused)
+
+    def forward(self, x):
+        return self.attn(x, self.hw)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_pola_attention_flops_hand_count(fused):
+    # B=2, N=16 tokens (4x4), C=8, 2 heads of d=4, 5x5 depthwise conv
+    r = analyze(OneLayer(fused), torch.randn(2, 16, 8))
+    # q|k|v|g projections 4*C*C and output projection C*C per token
+    linear = 2 * 16 * 5 * 8 * 8                        # 10240
+    conv = 2 * 16 * 8 * 25                             # 6400
+    # per (batch, head), N=16, d=4: k'^T v_i (2 x 8x16 @ 16x2) = 512,
+    # q_i @ kv_i (2 x 16x8 @ 8x2) = 512, q_i @ mean(k') (2 x 16x8 @ 8x1)
+    # = 256; 4 (batch, head) pairs
+    pola_matmul = 4 * (512 + 512 + 256)                # 5120
+    # per (batch, head): features 5 ops on 16x4 q and k = 640, mean of k'
+    # 128, scalings 2 x (8x16 + 16x2) = 320, +eps and 1/z 2 x 2 x 16 = 64,
+    # x * z 2 x 16x2 = 64; outside the core 5 ops per token and channel
+    pola_elementwise = 4 * (640 + 128 + 320 + 64 + 64) + 5 * 2 * 16 * 8
+    assert dict(r['by_operator']) == dict(
+        linear=linear, conv=conv, pola_matmul=pola_matmul,
+        pola_elementwise=pola_elementwise)
+    assert r['flops'] == 27904 == sum(
+        pola_attention_flops(2, 16, 8, 2).values())
+    assert not r['unsupported'] and not r['core_fallback']
+    assert r['params'] == sum(p.numel() for p in OneLayer(fused).parameters())
+
+
+def test_plain_count_misses_pola_work():
+    r = analyze(OneLayer(True), torch.randn(2, 16, 8), pola_rule=False)
+    assert 'pola_matmul' not in r['by_operator']
+    assert r['flops'] == 10240 + 6400  # only the projections and the conv
+
+
+def test_fallback_when_core_not_intercepted(monkeypatch):
+    """A core the interception does not reach is still counted
+    (analytically), and what the trace saw of it is not counted twice."""
+    original = pa.pola_linear_attention
+    real_forward = pa.PolaAttention.forward
+
+    def forward(self, *args, **kwargs):
+        pa.pola_linear_attention = original  # undo the interception
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(pa.PolaAttention, 'forward', forward)
+    r = analyze(OneLayer(True), torch.randn(2, 16, 8))
+    assert pa.pola_linear_attention is original
+    assert r['core_fallback']
+    assert r['flops'] == 27904
+
+
+def test_core_matmul_count_matches_trace():
+    """The analytic matrix-product count of the released core equals
+    MMEngine's own matmul handles on the literal released code."""
+    from mmengine.analysis import FlopAnalyzer
+    from mmpola.analysis.flops import pola_core_flops
+
+    class Core(torch.nn.Module):
+
+        def forward(self, q, k, v, p):
+            return released_pola_core(q, k, v, p)
+
+    B, h, N, d = 2, 3, 20, 6
+    q, k, v = (torch.randn(B, h, N, d) for _ in range(3))
+    p = torch.full((1, h, 1, d), 3.)
+    fa = FlopAnalyzer(Core(), (q, k, v, p))
+    fa.unsupported_ops_warnings(False)
+    assert fa.total() == pola_core_flops(B, h, N, N, d)['pola_matmul']
+
+
+def test_reference_copy():
+    q, k, v = (torch.randn(1, 2, 10, 4) for _ in range(3))
+    p = torch.rand(1, 2, 1, 4) * 4 + 1
+    assert torch.equal(copied_core(q, k, v, p), released_pola_core(q, k, v, p))
+
+
+def test_entropy_known_distributions():
+    n = 37
+    uniform = torch.full((1, n), 1 / n, dtype=torch.float64)
+    one_hot = torch.zeros(1, n, dtype=torch.float64)
+    one_hot[0, 5] = 1
+    half = torch.tensor([[0.5, 0.5, 0., 0.]])
+    e = am.row_entropy(torch.cat([uniform, one_hot]))
+    assert e[0].item() == pytest.approx(math.log(n), rel=1e-12)
+    assert e[1].item() == 0
+    assert am.row_entropy(half)[0].item() == pytest.approx(math.log(2))
+
+
+def test_attention_rows_sum_to_one():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 12, 8), torch.randn(2, 30, 8)
+    q[0, 0] = -q[0, 0].abs()  # ReLU row with no positive query channel
+    p = 1 + 4 * torch.rand(2, 1, 8)
+    maps = am.attention_weights(q, k, p)
+    assert set(maps) == set(am.METHODS)
+    for name, a in maps.items():
+        assert a.shape == (2, 12, 30)
+        assert (a >= 0).all(), name
+        torch.testing.assert_close(a.sum(-1), torch.ones(2, 12),
+                                   msg=name)
+    ent = am.entropies(q, k, p, chunk=5, head_reduce='all')
+    assert all(e.shape == (24, ) for e in ent.values())
+    assert (ent['relu'][0] - math.log(30)).abs() < 1e-6  # uniform fallback
+
+
+def test_pola_weights_reproduce_the_core():
+    """With the released eps, A_sim @ v1 and A_opp @ v2 are the core's
+    output: the maps are the weights the layer really applies."""
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 25, 6, dtype=torch.float64)
+               for _ in range(3))
+    p = 1 + 4 * torch.rand(1, 2, 1, 6, dtype=torch.float64)
+    maps = am.attention_weights(q, k, p, methods=('pola_sim', 'pola_opp'),
+                                eps=1e-6)
+    out = released_pola_core(q, k, v, p)
+    torch.testing.assert_close(maps['pola_sim'] @ v[..., :3], out[..., :3])
+    torch.testing.assert_close(maps['pola_opp'] @ v[..., 3:], out[..., 3:])
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_qkvp_match_the_module(monkeypatch, fused):
+    torch.manual_seed(2)
+    layer = OneLayer(fused, hw=(3, 5)).attn
+    for param in (layer.scale, layer.power, layer.positional_encoding):
+        torch.nn.init.normal_(param)
+    x = torch.randn(2, 15, 8)
+    seen = {}
+    original = pa.pola_linear_attention
+
+    def spy(q, k, v, p, key_mask=None):
+        seen.update(q=q, k=k, v=v, p=p)
+        return original(q, k, v, p, key_mask)
+
+    monkeypatch.setattr(pa, 'pola_linear_attention', spy)
+    with torch.no_grad():
+        layer(x, (3, 5))
+        mine = am.pola_qkvp(layer, x, (3, 5))
+    for name, t in zip('qkvp', mine):
+        torch.testing.assert_close(t, seen[name], msg=name)
+
+
+def test_cpu_peak_memory():
+
+    def fn():
+        a = torch.ones(256 * 1024)        # 1 MiB
+        b = torch.ones(512 * 1024)        # 2 MiB, 3 live
+        del a
+        c = torch.ones(3 * 256 * 1024)    # 3 MiB, 5 live
+        return b.sum() + c.sum()
+
+    assert peak_memory(fn) == pytest.approx(5 * 2**20, abs=1024)
+
+
+# ------------------------------------------------------------------ CLIs
+
+
+def test_get_flops_cli(run_tool, tmp_path):
+    out = run_tool('tools/analysis/get_flops.py', '--model', 'PolaSwin:tiny',
+                   '--shape', '64', '--json', tmp_path / 'f.json',
+                   '--table-depth', '1')
+    assert 'FLOPs:' in out and 'Pola core products' in out
+    data = json.loads((tmp_path / 'f.json').read_text())
+    assert data['input_shape'] == [1, 3, 64, 64]
+    assert data['by_operator']['pola_matmul'] > 0
+    assert data['pola_calls'] == 4
+    out = run_tool(
+        'tools/analysis/get_flops.py',
+        'configs/mmpretrain/pola_pvt/pola-pvt-tiny_8xb128_in1k.py',
+        '--shape', '64', '48', '--cfg-options', 'model.head.num_classes=10')
+    assert 'input:        (1, 3, 64, 48)' in out and '(cls)' in out
+
+
+def test_benchmark_cli(run_tool, tmp_path):
+    out = run_tool('tools/analysis/benchmark.py', '--mode', 'infer', 'train',
+                   'core', '--models', 'pola_pvt_t,pvt_t', '--sizes', '32@2',
+                   '--repeat', '1', '--warmup', '0', '--core-tokens', '50',
+                   '--core-heads', '1x8', '--out-dir', tmp_path)
+    assert 'Pola / baseline' in out
+    with open(tmp_path / 'benchmark.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert {(r['mode'], r['model']) for r in rows} == {
+        ('infer', 'pola_pvt_t'), ('infer', 'pvt_t'), ('train', 'pola_pvt_t'),
+        ('train', 'pvt_t'), ('core_fwd', 'mmpola_core[1x8]'),
+        ('core_fwd', 'released_core[1x8]'),
+        ('core_fwd_bwd', 'mmpola_core[1x8]'),
+        ('core_fwd_bwd', 'released_core[1x8]')}
+    assert all(r['status'] == 'ok' and float(r['median_s']) > 0
+               and float(r['peak_mem_mb']) > 0 for r in rows)
+    assert (tmp_path / 'benchmark.png').stat().st_size > 0
+    assert '| train | 32x32 | pola_pvt_t | pvt_t |' in out
+
+
+def test_visualize_attention_cli(run_tool, tmp_path):
+    from PIL import Image
+    from mmpola.testing import make_official_checkpoint
+    ckpt = tmp_path / 'pola_pvt_tiny.pth'
+    make_official_checkpoint('pola_pvt_tiny', str(ckpt))
+    Image.fromarray(am.demo_image(40, 56)).save(tmp_path / 'img.png')
+    out = run_tool('tools/analysis/visualize_attention.py',
+                   tmp_path / 'img.png', '--checkpoint', ckpt, '--img-size',
+                   '32', '48', '--layer', 'block2.1.attn', '--query', '0.25',
+                   '0.5', '--out-dir', tmp_path / 'vis')
+    assert 'block2.1.attn' in out
+    summary = json.loads((tmp_path / 'vis' / 'summary.json').read_text())
+    assert summary['map_hw'] == [4, 6] and summary['query_token'] == 1 * 6 + 3
+    for m in am.METHODS:
+        assert 0 <= summary['mean_entropy'][m] <= math.log(24) + 1e-9
+    for name in ('attention_maps.png', 'entropy_hist.png'):
+        assert (tmp_path / 'vis' / name).stat().st_size > 0
+    # random init, Swin, generated image
+    run_tool('tools/analysis/visualize_attention.py', '--model',
+             'PolaSwin:tiny', '--img-size', '32', '--out-dir',
+             tmp_path / 'vis2')
+    assert (tmp_path / 'vis2' / 'attention_maps.png').exists()
