@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
 SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -135,15 +136,14 @@ def build_model(spec, cfg_options=None, backbone_only=False):
     if isinstance(spec, dict):
         # 'mmdet.X' from mmdet's registry, others (PolaPVT...) from the root
         scope = spec['type'].split('.')[0] if '.' in spec['type'] else None
-        model_cfg = copy.deepcopy(spec)
+        cfg = Config(dict(model=copy.deepcopy(spec)))
         if cfg_options:
-            cfg = Config(dict(model=model_cfg))
             cfg.merge_from_dict(cfg_options)
-            model_cfg = cfg.model.to_dict()
+        model_cfg = cfg.model
     else:
         cfg = load_config(spec, cfg_options)
         scope = cfg.get('default_scope', 'mmdet')
-        model_cfg = cfg.model.to_dict()
+        model_cfg = cfg.model  # a ConfigDict: mmdet reads train_cfg.rpn
     if backbone_only and 'backbone' in model_cfg:
         model_cfg = model_cfg['backbone']
     task = task_of(model_cfg, scope)
@@ -157,7 +157,10 @@ def build_model(spec, cfg_options=None, backbone_only=False):
         from mmengine.registry import MODELS as registry
     else:
         registry = _import_scope(scope, models_only=task == 'backbone')
-    model = registry.build(model_cfg)
+    with DefaultScope.overwrite_default_scope(scope):
+        # parts built through the root registry (data preprocessors) are
+        # looked up in the codebase's scope
+        model = registry.build(model_cfg)
     model.eval()
     return model, dict(task=task, name=name, cfg=model_cfg, scope=scope,
                        pad_divisor=pad_divisor)

@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
-from mmpretrain.models.utils import resize_pos_embed
 
 EPS = 1e-6
 
@@ -100,7 +99,8 @@ class _PolaCore(torch.autograd.Function):
         w = _w_from_key_sums(kf.transpose(-2, -1) @ v1, half)
         qf = polarity_features(q, p)
         out = qf @ w                                       # (B, h, N, d+2)
-        x = torch.empty_like(v)
+        B, h, N, d = v.shape
+        x = v.new_empty(B, N, h, d).transpose(1, 2)  # (B, N, C) order
         torch.div(out[..., :half], out[..., half:half + 1] + EPS,
                   out=x[..., :half])
         torch.div(out[..., half + 1:-1], out[..., -1:] + EPS,
@@ -154,15 +154,42 @@ def pola_linear_attention(q: torch.Tensor,
             for padding; padded keys are left out of every sum over keys.
 
     Returns:
-        Tensor: (B, heads, N, d) in v's dtype, channels ``[x_sim, x_opp]``.
+        Tensor: (B, heads, N, d) in v's dtype, channels ``[x_sim, x_opp]``,
+        laid out in memory as (B, N, heads, d) so that merging the heads is
+        free. Inputs may be strided views (e.g. heads split off a (B, N, C)
+        projection): the first pass over each reads them in place.
     """
     out_dtype = v.dtype
     dtype = torch.promote_types(v.dtype, torch.float32)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v, p = (t.to(dtype).contiguous() for t in (q, k, v, p))
+        q, k, v, p = (t.to(dtype) for t in (q, k, v, p))
         if key_mask is not None:
             key_mask = key_mask.to(dtype)
         return _PolaCore.apply(q, k, v, p, key_mask).to(out_dtype)
+
+
+def _interp_matrix(src: int, dst: int, mode: str, like: torch.Tensor):
+    """(dst, src) matrix of ``F.interpolate`` along one axis."""
+    eye = torch.eye(src, dtype=like.dtype, device=like.device)
+    cols = F.interpolate(eye.view(1, src, src, 1), size=(dst, 1), mode=mode,
+                         align_corners=False)
+    return cols[0, :, :, 0].T
+
+
+def resize_token_grid(tokens: torch.Tensor, src_hw: Tuple[int, int],
+                      dst_hw: Tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize (1, Hs*Ws, C) grid tokens to (1, Hd*Wd, C).
+
+    Equals ``F.interpolate`` (bilinear / bicubic, align_corners=False: both
+    separable) but runs as two small matrix products, forward and backward.
+    """
+    if tuple(src_hw) == tuple(dst_hw):
+        return tokens
+    (hs, ws), (hd, wd) = src_hw, dst_hw
+    grid = tokens.reshape(hs, ws, -1)
+    grid = torch.einsum('hy,yxc,wx->hwc', _interp_matrix(hs, hd, mode, tokens),
+                        grid, _interp_matrix(ws, wd, mode, tokens))
+    return grid.reshape(1, hd * wd, -1)
 
 
 class PolaAttention(BaseModule):
@@ -232,23 +259,26 @@ class PolaAttention(BaseModule):
         H, W = hw_shape
         assert N == H * W, f'{N} tokens do not form a {H}x{W} map'
         q, k, v, g = self._project(x)
-        k = k + resize_pos_embed(self.positional_encoding, self.pretrain_hw,
-                                 (H, W), 'bicubic', num_extra_tokens=0)
+        k = k + resize_token_grid(self.positional_encoding, self.pretrain_hw,
+                                  (H, W), 'bicubic')
         s = F.softplus(self.scale)
         q, k = q / s, k / s
-
-        def heads(t):  # (B, N, C) -> (B, heads, N, d)
-            return t.reshape(B, N, self.num_heads, -1).transpose(1, 2)
-
-        q, k, v = heads(q), heads(k), heads(v)
         if key_mask is not None:
-            key_mask = key_mask.reshape(B, 1, N, 1).to(v.dtype)
-            v = v * key_mask  # padding must not reach real tokens via dwc
-        p = 1 + self.alpha * torch.sigmoid(self.power)
-        out = pola_linear_attention(q, k, v, p, key_mask)
+            v = v * key_mask.reshape(B, N, 1).to(v.dtype)  # nor via dwc
 
-        d = self.head_dims
-        v_map = v.reshape(B * self.num_heads, H, W, d).permute(0, 3, 1, 2)
-        dwc = self.dwc(v_map).reshape(B, self.num_heads, d, N).transpose(2, 3)
-        out = (out + dwc).transpose(1, 2).reshape(B, N, C)
+        def heads(t):  # (B, N, C) -> (B, heads, N, d), a view
+            return t.view(B, N, self.num_heads, -1).transpose(1, 2)
+
+        p = 1 + self.alpha * torch.sigmoid(self.power)
+        if key_mask is not None:
+            key_mask = key_mask.reshape(B, 1, N, 1)
+        out = pola_linear_attention(heads(q), heads(k), heads(v), p, key_mask)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        # one kernel set for all heads: a C-channel depthwise conv on v as
+        # a channels-last map (its memory is v's (B, N, C): no permute)
+        v_map = v.view(B, H, W, C).permute(0, 3, 1, 2)
+        dwc = F.conv2d(v_map, self.dwc.weight.repeat(self.num_heads, 1, 1, 1),
+                       self.dwc.bias.repeat(self.num_heads),
+                       padding=self.dwc.padding, groups=C)
+        out = out + dwc.permute(0, 2, 3, 1).reshape(B, N, C)
         return self.proj_drop(self.proj(out * g))

@@ -8,9 +8,7 @@ from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
 from .backbone_utils import DenseBackboneMixin
-from mmpretrain.models.utils import resize_pos_embed
-
-from .pola_attention import PolaAttention
+from .pola_attention import PolaAttention, resize_token_grid
 
 
 class PolaPVTBlock(BaseModule):
@@ -167,9 +165,8 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         outs = []
         for i in range(self.num_stages):
             x, hw = getattr(self, f'patch_embed{i + 1}')(x)
-            pos = resize_pos_embed(getattr(self, f'pos_embed{i + 1}'),
-                                   self.pretrain_grids[i], hw, 'bilinear',
-                                   num_extra_tokens=0)
+            pos = resize_token_grid(getattr(self, f'pos_embed{i + 1}'),
+                                    self.pretrain_grids[i], hw, 'bilinear')
             x = self.pos_drop(x + pos)
             for block in getattr(self, f'block{i + 1}'):
                 x = block(x, hw)
