@@ -98,6 +98,9 @@ def _use_cpu_distributed(cfg: Config) -> None:
         print(f"CUDA is not available: distributed backend {old!r} -> 'gloo'",
               flush=True)
     cfg.merge_from_dict({'env_cfg.dist_cfg.backend': 'gloo'})
+    if _sync_bn_to_bn(cfg.model) and int(os.environ.get('RANK', 0)) == 0:
+        print('CUDA is not available: SyncBN -> BN (per-process statistics)',
+              flush=True)
     if not dist.is_initialized():
         timeout = cfg.env_cfg.dist_cfg.get('timeout')
         kwargs = {} if timeout is None else dict(
@@ -110,3 +113,18 @@ def _use_cpu_distributed(cfg: Config) -> None:
             'MMDistributedDataParallel':
         wrapper.setdefault('device_ids', None)
     cfg.model_wrapper_cfg = wrapper
+
+
+def _sync_bn_to_bn(node) -> bool:
+    """Replace ``SyncBN`` norm configs (CUDA only) by ``BN`` in place."""
+    found = False
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            found = True
+        for value in node.values():
+            found |= _sync_bn_to_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            found |= _sync_bn_to_bn(value)
+    return found
