@@ -11,9 +11,13 @@ model = dict(
         type='PolaPVT',
         arch='tiny',
         drop_path_rate=0.1,  # PVT detection recipe
+        # RetinaNet's FPN starts at stride 8: leaving stage 0 out of the
+        # outputs keeps its output norm from being an unused (DDP-breaking)
+        # parameter; same FPN as start_level=1 on four inputs.
+        out_indices=(1, 2, 3),
         init_cfg=dict(
             type='Pretrained', checkpoint='checkpoints/pola_pvt_tiny.pth')),
-    neck=dict(in_channels=[64, 128, 320, 512]))
+    neck=dict(in_channels=[128, 320, 512], start_level=0))
 
 # The PVT recipe applies weight decay to every parameter (no paramwise_cfg),
 # so positional encodings, norms and the Pola scale/power are decayed too.

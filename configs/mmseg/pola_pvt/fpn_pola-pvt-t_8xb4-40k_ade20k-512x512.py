@@ -3,8 +3,10 @@
 # (8 GPUs x 4 = 32 images per iteration, 40k iterations, poly 0.9 decay to 0,
 # no warm-up, whole-image inference) with the paper's lr and weight decay.
 _base_ = [
-    'mmseg::_base_/models/fpn_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py'
+    'mmseg::_base_/models/fpn_r50.py',
+    'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_40k.py',
 ]
 
 custom_imports = dict(imports=['mmpola'], allow_failed_imports=False)
