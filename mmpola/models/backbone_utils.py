@@ -2,8 +2,52 @@
 import copy
 
 import torch.nn as nn
+import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks.transformer import FFN
+from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, trunc_normal_init
+from mmengine.registry import MODELS
+
+
+class PreNormBlock(BaseModule):
+    """``x + drop_path(attention(norm1(x)))``, then the same with the FFN.
+
+    Subclasses add ``self.attn`` and may override ``_attention`` (e.g. to
+    run it in shifted windows). ``with_cp`` checkpoints the whole block.
+
+    Shapes:
+        forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
+    """
+
+    def __init__(self, embed_dims, mlp_ratio, drop_rate=0.,
+                 drop_path_rate=0., with_cp=False, norm_cfg=dict(type='LN'),
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.with_cp = with_cp
+        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.drop_path = (nn.Identity() if drop_path_rate == 0 else
+                          MODELS.build(dict(type='DropPath',
+                                            drop_prob=drop_path_rate)))
+        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.ffn = FFN(embed_dims, int(embed_dims * mlp_ratio), num_fcs=2,
+                       ffn_drop=drop_rate,
+                       dropout_layer=dict(type='DropPath',
+                                          drop_prob=drop_path_rate),
+                       act_cfg=dict(type='GELU'), add_identity=True)
+
+    def _attention(self, x, hw_shape):
+        return self.attn(x, hw_shape)
+
+    def forward(self, x, hw_shape):
+
+        def _inner(x):
+            x = x + self.drop_path(self._attention(self.norm1(x), hw_shape))
+            return self.ffn(self.norm2(x), identity=x)
+
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(_inner, x, use_reentrant=False)
+        return _inner(x)
 
 
 class DenseBackboneMixin:

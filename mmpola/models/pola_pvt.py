@@ -1,17 +1,15 @@
 """Pola-PVT: PVT v1 with Pola attention in every stage."""
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
-from mmcv.cnn import build_norm_layer
-from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
+from mmcv.cnn.bricks.transformer import PatchEmbed
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
-from .backbone_utils import DenseBackboneMixin
+from .backbone_utils import DenseBackboneMixin, PreNormBlock
 from .pola_attention import PolaAttention, resize_token_grid
 
 
-class PolaPVTBlock(BaseModule):
+class PolaPVTBlock(PreNormBlock):
     """Pre-norm transformer block with global Pola attention.
 
     Shapes:
@@ -21,30 +19,10 @@ class PolaPVTBlock(BaseModule):
     def __init__(self, embed_dims, num_heads, mlp_ratio, pretrain_hw,
                  drop_rate=0., drop_path_rate=0., with_cp=False,
                  norm_cfg=dict(type='LN', eps=1e-6), init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
-        self.with_cp = with_cp
-        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        super().__init__(embed_dims, mlp_ratio, drop_rate, drop_path_rate,
+                         with_cp, norm_cfg, init_cfg)
         self.attn = PolaAttention(embed_dims, num_heads, pretrain_hw,
                                   fused_qkvg=False, proj_drop=drop_rate)
-        self.drop_path = (nn.Identity() if drop_path_rate == 0 else
-                          MODELS.build(dict(type='DropPath',
-                                            drop_prob=drop_path_rate)))
-        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
-        self.ffn = FFN(embed_dims, int(embed_dims * mlp_ratio), num_fcs=2,
-                       ffn_drop=drop_rate,
-                       dropout_layer=dict(type='DropPath',
-                                          drop_prob=drop_path_rate),
-                       act_cfg=dict(type='GELU'), add_identity=True)
-
-    def forward(self, x, hw_shape):
-
-        def _inner(x):
-            x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
-            return self.ffn(self.norm2(x), identity=x)
-
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(_inner, x, use_reentrant=False)
-        return _inner(x)
 
 
 @MODELS.register_module()

@@ -2,21 +2,18 @@
 from typing import Sequence
 
 import torch
-import torch.nn as nn
-import torch.utils.checkpoint as cp
-from mmcv.cnn import build_norm_layer
-from mmcv.cnn.bricks.transformer import FFN, PatchEmbed, PatchMerging
+from mmcv.cnn.bricks.transformer import PatchEmbed, PatchMerging
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 from mmengine.utils import to_2tuple
 from mmpretrain.models.utils import WindowMSA
 
-from .backbone_utils import DenseBackboneMixin
+from .backbone_utils import DenseBackboneMixin, PreNormBlock
 from .pola_attention import PolaAttention
 from .windows import PAD_LABEL, shifted_window_attention
 
 
-class PolaSwinBlock(BaseModule):
+class PolaSwinBlock(PreNormBlock):
     """Pre-norm Swin block with softmax window or Pola attention.
 
     Args:
@@ -39,15 +36,14 @@ class PolaSwinBlock(BaseModule):
                  pretrain_hw=None, pola_attn_mode='global', mlp_ratio=4.,
                  drop_rate=0., drop_path_rate=0., with_cp=False,
                  norm_cfg=dict(type='LN'), init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(embed_dims, mlp_ratio, drop_rate, drop_path_rate,
+                         with_cp, norm_cfg, init_cfg)
         assert attn_type in ('softmax', 'pola'), attn_type
         assert pola_attn_mode in ('global', 'window'), pola_attn_mode
         self.attn_type = attn_type
         self.pola_attn_mode = pola_attn_mode
         self.window_size = window_size
         self.shift = shift
-        self.with_cp = with_cp
-        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
         if attn_type == 'softmax':
             self.attn = WindowMSA(embed_dims, to_2tuple(window_size),
                                   num_heads, proj_drop=drop_rate)
@@ -60,15 +56,6 @@ class PolaSwinBlock(BaseModule):
             self.attn = PolaAttention(
                 embed_dims, num_heads, pretrain_hw, fused_qkvg=True,
                 proj_drop=drop_rate)
-        self.drop_path = (nn.Identity() if drop_path_rate == 0 else
-                          MODELS.build(dict(type='DropPath',
-                                            drop_prob=drop_path_rate)))
-        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
-        self.ffn = FFN(embed_dims, int(embed_dims * mlp_ratio), num_fcs=2,
-                       ffn_drop=drop_rate,
-                       dropout_layer=dict(type='DropPath',
-                                          drop_prob=drop_path_rate),
-                       act_cfg=dict(type='GELU'), add_identity=True)
 
     def _attention(self, x, hw_shape):
         H, W = hw_shape
@@ -95,16 +82,6 @@ class PolaSwinBlock(BaseModule):
                         windows.shape[0] // labels.shape[0], 1)
                 return self.attn(windows, (ws, ws), key_mask)
         return shifted_window_attention(x, hw_shape, ws, shift, attend)
-
-    def forward(self, x, hw_shape):
-
-        def _inner(x):
-            x = x + self.drop_path(self._attention(self.norm1(x), hw_shape))
-            return self.ffn(self.norm2(x), identity=x)
-
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(_inner, x, use_reentrant=False)
-        return _inner(x)
 
 
 class PolaSwinStage(BaseModule):
