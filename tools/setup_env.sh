@@ -35,14 +35,20 @@ want_stamp() {
         | sha256sum | cut -d' ' -f1
 }
 
+# Does the installed mmcv load its compiled ops? (An mmcv built against
+# another torch fails here with an undefined symbol.) Quiet unless $1=loud.
 mmcv_ops_ok() {
-    "$VENV/bin/python" - <<'EOF' 2>/dev/null
+    local out
+    out=$("$VENV/bin/python" - 2>&1 <<'EOF'
 import torch, mmcv
 from mmcv.ops import nms
 assert mmcv.__version__ == '2.1.0', mmcv.__version__
 b = torch.tensor([[0., 0., 1., 1.]]); s = torch.tensor([1.])
 nms(b, s, 0.5)
 EOF
+    ) && return 0
+    [ "${1:-}" = loud ] && printf '%s\n' "$out" | tail -n 3 | sed 's/^/[setup]   /'
+    return 1
 }
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(want_stamp)" ] && mmcv_ops_ok; then
@@ -99,26 +105,34 @@ build_mmcv() {
     rm -rf "$work"
 }
 
+# Installs the cached wheel, then mmcv's own run-time dependencies
+# (mmengine, opencv, ...), which importing it needs.
 install_cached_mmcv() {
     local whl
     whl=$(ls "$WHEEL_DIR"/mmcv-*.whl 2>/dev/null | head -n1)
     [ -n "$whl" ] || return 1
     log "installing cached $(basename "$whl") ($KEY)"
     "${PIP[@]}" install --force-reinstall --no-deps "$whl"
+    "${PIP[@]}" install "$whl" "mmengine==0.10.7"
 }
 
 if mmcv_ops_ok; then
     log "mmcv $MMCV_VERSION with ops already installed and loading"
 else
     if "$PY" -c "import mmcv" 2>/dev/null; then
-        log "installed mmcv does not load its ops with this torch: replacing it"
+        log "installed mmcv does not load its ops with this torch" \
+            "(built against another torch?): replacing it"
+        mmcv_ops_ok loud || true
         "${PIP[@]}" uninstall -y mmcv
     fi
-    if ! install_cached_mmcv || ! mmcv_ops_ok; then
-        [ -d "$WHEEL_DIR" ] && log "cached wheel unusable: rebuilding" && rm -rf "$WHEEL_DIR"
+    if ! install_cached_mmcv || ! mmcv_ops_ok loud; then
+        if [ -d "$WHEEL_DIR" ]; then
+            log "cached wheel in $WHEEL_DIR does not work here: rebuilding"
+            mv "$WHEEL_DIR" "$WHEEL_DIR.broken-$(date +%s)"
+        fi
         build_mmcv
         install_cached_mmcv || die "no wheel produced in $WHEEL_DIR"
-        mmcv_ops_ok || die "freshly built mmcv does not load its ops; check the compiler output"
+        mmcv_ops_ok loud || die "freshly built mmcv does not load its ops; see above"
     fi
 fi
 
