@@ -25,6 +25,9 @@ def run_tool():
 
     def run(tool, *args, timeout=300):
         env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()))
+        # one thread per process: OpenMP threads spin-waiting on a busy
+        # 2-core machine make a step several times slower
+        env.setdefault('OMP_NUM_THREADS', '1')
         cmd = ['bash' if tool.endswith('.sh') else sys.executable, tool]
         proc = subprocess.run(
             cmd + [str(a) for a in args], cwd=ROOT, env=env, timeout=timeout,

@@ -9,17 +9,22 @@ CONFIG = 'configs/mmdet/pola_pvt/mask-rcnn_pola-pvt-t_fpn_1x_coco.py'
 
 
 def det_options(data, ckpt, epochs):
-    """Generated data at 160x128 with 3 classes, ``epochs`` epochs, and the
-    backbone loaded from a released-layout checkpoint."""
+    """Generated data at 160x128 with 3 classes, ``epochs`` epochs, fewer
+    RoIs (the CPU time goes there), and the backbone loaded from a
+    released-layout checkpoint."""
     opts = [f'model.backbone.init_cfg.checkpoint={ckpt}',
             'model.roi_head.bbox_head.num_classes=3',
             'model.roi_head.mask_head.num_classes=3',
-            f'train_cfg.max_epochs={epochs}', 'default_hooks.logger.interval=1']
+            'model.train_cfg.rcnn.sampler.num=64',
+            'model.test_cfg.rcnn.max_per_img=20',
+            f'train_cfg.max_epochs={epochs}',
+            'default_hooks.logger.interval=1']
     for split, resize in (('train', 2), ('val', 1), ('test', 1)):
         opts += [f'{split}_dataloader.dataset.data_root={data}/',
                  f'{split}_dataloader.dataset.metainfo.classes='
                  '(rectangle,ellipse,triangle)',
-                 f'{split}_dataloader.dataset.pipeline.{resize}.scale=(160,128)',
+                 f'{split}_dataloader.dataset.pipeline.{resize}.scale='
+                 '(160,128)',
                  f'{split}_dataloader.num_workers=0',
                  f'{split}_dataloader.persistent_workers=False']
     ann = f'{data}/annotations/instances_val2017.json'

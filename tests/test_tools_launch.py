@@ -3,6 +3,7 @@ import importlib.util
 import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +16,7 @@ optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1))
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 env_cfg = dict(dist_cfg=dict(backend='nccl'))
 default_hooks = dict(visualization=dict(type='DetVisualizationHook'))
+test_evaluator = dict(type='SomeMetric')
 """
 
 
@@ -29,12 +31,16 @@ def run_main(tool, argv, monkeypatch):
 
     class FakeRunner:
         train = test = staticmethod(lambda: None)
+        test_evaluator = SimpleNamespace(metrics=[])
 
-    monkeypatch.setattr(module, 'build_runner',
-                        lambda cfg: built.append(cfg) or FakeRunner())
+    def build_runner(cfg):
+        built.append(cfg)
+        return FakeRunner()
+
+    monkeypatch.setattr(module, 'build_runner', build_runner)
     monkeypatch.setattr(sys, 'argv', [tool] + [str(a) for a in argv])
     module.main()
-    return built[0]
+    return built[0], FakeRunner.test_evaluator.metrics
 
 
 @pytest.fixture
@@ -46,8 +52,8 @@ def config(tmp_path):
 
 def test_train_args(config, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    cfg = run_main('train', [config, '--amp', '--auto-scale-lr',
-                             '--cfg-options', 'model.depth=3'], monkeypatch)
+    cfg, _ = run_main('train', [config, '--amp', '--auto-scale-lr',
+                                '--cfg-options', 'model.depth=3'], monkeypatch)
     assert cfg.custom_imports.imports == ['os.path', 'mmpola']
     assert cfg.work_dir == './work_dirs/my_config' and cfg.launcher == 'none'
     assert cfg.model == dict(type='Foo', depth=3)
@@ -55,20 +61,35 @@ def test_train_args(config, monkeypatch, tmp_path):
     assert cfg.optim_wrapper.loss_scale == 'dynamic'
     assert cfg.auto_scale_lr.enable and not cfg.get('resume')
 
-    cfg = run_main('train', [config, '--resume'], monkeypatch)
+    cfg, _ = run_main('train', [config, '--resume'], monkeypatch)
     assert cfg.resume and cfg.load_from is None  # latest in the work dir
-    cfg = run_main('train', [config, '--resume', 'a.pth', '--work-dir', 'w'],
-                   monkeypatch)
+    cfg, _ = run_main(
+        'train', [config, '--resume', 'a.pth', '--work-dir', 'w'], monkeypatch)
     assert cfg.resume and cfg.load_from == 'a.pth' and cfg.work_dir == 'w'
 
 
 def test_test_args(config, monkeypatch):
-    cfg = run_main('test', [config, 'model.pth', '--work-dir', 'w',
-                            '--show-dir', 'painted'], monkeypatch)
+    cfg, dumps = run_main('test', [config, 'model.pth', '--work-dir', 'w',
+                                   '--show-dir', 'painted', '--out', 'p.pkl'],
+                          monkeypatch)
     assert cfg.load_from == 'model.pth' and not cfg.get('resume')
     assert 'mmpola' in cfg.custom_imports.imports
     assert cfg.default_hooks.visualization.draw
     assert cfg.default_hooks.visualization.test_out_dir == 'painted'
+    assert [type(m).__name__ for m in dumps] == ['DumpDetResults']
+
+
+def test_test_out_per_codebase(config, monkeypatch):
+    """--out: mmpretrain dumps a pickle, mmseg writes label maps."""
+    cfg, dumps = run_main(
+        'test', [config, 'm.pth', '--out', 'p.pkl', '--cfg-options',
+                 'default_scope=mmpretrain'], monkeypatch)
+    assert [type(m).__name__ for m in dumps] == ['DumpResults']
+    cfg, dumps = run_main('test', [config, 'm.pth', '--out', 'maps',
+                                   '--cfg-options', 'default_scope=mmseg'],
+                          monkeypatch)
+    assert not dumps and cfg.test_evaluator.output_dir == 'maps'
+    assert cfg.test_evaluator.keep_results
 
 
 def test_cpu_distributed(config, monkeypatch):

@@ -1,4 +1,4 @@
-"""Generators of small datasets in the COCO / ADE20K / ImageNet file formats."""
+"""Generators of small datasets in the COCO, ADE20K and ImageNet formats."""
 from .synthetic import (ADE_BACKGROUND, ADE_OBJECTS, COCO_CLASSES, make_ade20k,
                         make_coco, make_imagenet)
 
