@@ -42,8 +42,10 @@ def test_coco_annotations_match_images(coco_root):
                 mask = coco.annToMask(ann).astype(bool)
                 ys, xs = np.nonzero(mask)
                 x, y, w, h = ann['bbox']
-                assert abs(xs.min() - x) <= 1 and abs(xs.max() + 1 - x - w) <= 1
-                assert abs(ys.min() - y) <= 1 and abs(ys.max() + 1 - y - h) <= 1
+                assert abs(xs.min() - x) <= 1
+                assert abs(xs.max() + 1 - x - w) <= 1
+                assert abs(ys.min() - y) <= 1
+                assert abs(ys.max() + 1 - y - h) <= 1
                 assert mask.sum() == pytest.approx(ann['area'], rel=0.1)
                 # the pixels under the mask carry the class colour
                 colour = COCO_COLOURS[ann['category_id'] - 1]
@@ -66,7 +68,8 @@ def test_coco_mmdet_dataset(coco_root):
     from mmdet.datasets import CocoDataset
     from mmdet.datasets.transforms import LoadAnnotations
     ds = CocoDataset(
-        data_root=str(coco_root), ann_file='annotations/instances_val2017.json',
+        data_root=str(coco_root),
+        ann_file='annotations/instances_val2017.json',
         data_prefix=dict(img='val2017/'), metainfo=dict(classes=COCO_CLASSES),
         pipeline=[LoadImageFromFile(),
                   LoadAnnotations(with_bbox=True, with_mask=True)])
@@ -112,7 +115,8 @@ def test_imagenet_mmpretrain_dataset(imagenet_root):
     train = ImageNet(data_root=str(imagenet_root), split='train')
     val = ImageNet(data_root=str(imagenet_root), split='val')  # meta/val.txt
     assert len(train) == 12 and len(val) == 3
-    assert sorted(train.get_gt_labels().tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    labels = sorted(train.get_gt_labels().tolist())
+    assert labels == [0] * 4 + [1] * 4 + [2] * 4
     img = Image.open(train.get_data_info(0)['img_path'])
     assert img.size == (40, 48) and img.mode == 'RGB'
     # the folder layout alone (no annotation list) gives the same labels
