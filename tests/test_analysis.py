@@ -3,6 +3,7 @@ entropies, memory measurement, and the three CLIs on tiny settings."""
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from mmpola.analysis.measure import peak_memory
 from mmpola.analysis.reference import released_pola_core as copied_core
 from mmpola.models import PolaAttention
 import mmpola.models.pola_attention as pa
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class OneLayer(torch.nn.Module):
@@ -123,6 +126,10 @@ def test_attention_rows_sum_to_one():
         assert (a >= 0).all(), name
         torch.testing.assert_close(a.sum(-1), torch.ones(2, 12),
                                    msg=name)
+    keep = torch.arange(30) < 20  # 10 padded keys
+    for name, a in am.attention_weights(q, k, p, key_mask=keep).items():
+        assert (a[..., 20:] == 0).all(), name
+        torch.testing.assert_close(a.sum(-1), torch.ones(2, 12), msg=name)
     ent = am.entropies(q, k, p, chunk=5, head_reduce='all')
     assert all(e.shape == (24, ) for e in ent.values())
     assert (ent['relu'][0] - math.log(30)).abs() < 1e-6  # uniform fallback
@@ -164,6 +171,31 @@ def test_qkvp_match_the_module(monkeypatch, fused):
         torch.testing.assert_close(t, seen[name], msg=name)
 
 
+def test_capture_qkvp(monkeypatch):
+    """q, k, v, p as the layer's core receives them; the same recomputed
+    from the layer's input when the core is out of reach."""
+    torch.manual_seed(3)
+    model = OneLayer(False, hw=(3, 5))
+    torch.nn.init.normal_(model.attn.positional_encoding)
+    x = torch.randn(1, 15, 8)
+    seen = am.capture_qkvp(model, model.attn, x)
+    assert seen['source'] == 'core' and seen['hw'] == (3, 5)
+    expected = am.pola_qkvp(model.attn, x, (3, 5))
+    for name, t in zip('qkvp', expected):
+        torch.testing.assert_close(seen[name], t.detach(), msg=name)
+    original = pa.pola_linear_attention
+    real_forward = pa.PolaAttention.forward
+
+    def forward(self, *args, **kwargs):
+        pa.pola_linear_attention = original  # the spy is not reached
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(pa.PolaAttention, 'forward', forward)
+    again = am.capture_qkvp(model, model.attn, x)
+    assert again['source'] == 'recomputed'
+    torch.testing.assert_close(again['k'], seen['k'])
+
+
 def test_cpu_peak_memory():
 
     def fn():
@@ -179,8 +211,24 @@ def test_cpu_peak_memory():
 # ------------------------------------------------------------------ CLIs
 
 
-def test_get_flops_cli(run_tool, tmp_path):
-    out = run_tool('tools/analysis/get_flops.py', '--model', 'PolaSwin:tiny',
+def tool_main(name):
+    """A tools/analysis script's ``main(argv)``, run in this process (the
+    benchmark runs as a subprocess: it caps its address space)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        name, ROOT / 'tools' / 'analysis' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def run_main(name, capsys, *args):
+    tool_main(name)([str(a) for a in args])
+    return capsys.readouterr().out
+
+
+def test_get_flops_cli(capsys, tmp_path):
+    out = run_main('get_flops', capsys, '--model', 'PolaSwin:tiny',
                    '--shape', '64', '--json', tmp_path / 'f.json',
                    '--table-depth', '1')
     assert 'FLOPs:' in out and 'Pola core products' in out
@@ -188,8 +236,8 @@ def test_get_flops_cli(run_tool, tmp_path):
     assert data['input_shape'] == [1, 3, 64, 64]
     assert data['by_operator']['pola_matmul'] > 0
     assert data['pola_calls'] == 4
-    out = run_tool(
-        'tools/analysis/get_flops.py',
+    out = run_main(
+        'get_flops', capsys,
         'configs/mmpretrain/pola_pvt/pola-pvt-tiny_8xb128_in1k.py',
         '--shape', '64', '48', '--cfg-options', 'model.head.num_classes=10')
     assert 'input:        (1, 3, 64, 48)' in out and '(cls)' in out
@@ -213,15 +261,22 @@ def test_benchmark_cli(run_tool, tmp_path):
                and float(r['peak_mem_mb']) > 0 for r in rows)
     assert (tmp_path / 'benchmark.png').stat().st_size > 0
     assert '| train | 32x32 | pola_pvt_t | pvt_t |' in out
+    # re-rendering measured CSV files
+    merged = tmp_path / 'merged'
+    tool_main('benchmark')(['--from-csv', str(tmp_path / 'benchmark.csv'),
+                            '--out-dir', str(merged)])
+    text = (merged / 'benchmark.md').read_text()
+    assert '| core_fwd | 1x8 | mmpola_core[1x8] | released_core[1x8] |' in text
+    assert (merged / 'benchmark.png').exists()
 
 
-def test_visualize_attention_cli(run_tool, tmp_path):
+def test_visualize_attention_cli(capsys, tmp_path):
     from PIL import Image
     from mmpola.testing import make_official_checkpoint
     ckpt = tmp_path / 'pola_pvt_tiny.pth'
     make_official_checkpoint('pola_pvt_tiny', str(ckpt))
     Image.fromarray(am.demo_image(40, 56)).save(tmp_path / 'img.png')
-    out = run_tool('tools/analysis/visualize_attention.py',
+    out = run_main('visualize_attention', capsys,
                    tmp_path / 'img.png', '--checkpoint', ckpt, '--img-size',
                    '32', '48', '--layer', 'block2.1.attn', '--query', '0.25',
                    '0.5', '--out-dir', tmp_path / 'vis')
@@ -233,7 +288,6 @@ def test_visualize_attention_cli(run_tool, tmp_path):
     for name in ('attention_maps.png', 'entropy_hist.png'):
         assert (tmp_path / 'vis' / name).stat().st_size > 0
     # random init, Swin, generated image
-    run_tool('tools/analysis/visualize_attention.py', '--model',
-             'PolaSwin:tiny', '--img-size', '32', '--out-dir',
-             tmp_path / 'vis2')
+    run_main('visualize_attention', capsys, '--model', 'PolaSwin:tiny',
+             '--img-size', '32', '--out-dir', tmp_path / 'vis2')
     assert (tmp_path / 'vis2' / 'attention_maps.png').exists()

@@ -56,6 +56,55 @@ def pola_qkvp(module, x: torch.Tensor, hw_shape: Tuple[int, int]):
     return heads(q), heads(k), heads(v), p
 
 
+def capture_qkvp(model, module, *inputs):
+    """Run ``model(*inputs)`` and return what ``module`` (a
+    ``PolaAttention`` of the model) fed its attention core on its first
+    call: dict(q, k, v (B, heads, N, d), p, key_mask, hw, source).
+
+    The core's arguments are taken as they are (``source='core'``: the
+    module's own q and k, nothing recomputed); should the module not reach
+    ``mmpola.models.pola_attention.pola_linear_attention``, they are
+    recomputed from its input with ``pola_qkvp`` (``source='recomputed'``).
+    """
+    import mmpola.models.pola_attention as pa
+    original = pa.pola_linear_attention
+    seen, active = {}, []
+
+    def spy(q, k, v, p, key_mask=None, *args, **kwargs):
+        if active and 'q' not in seen:
+            seen.update(q=q.detach(), k=k.detach(), v=v.detach(),
+                        p=p.detach(), key_mask=key_mask, source='core')
+        return original(q, k, v, p, key_mask, *args, **kwargs)
+
+    def pre_hook(mod, args, kwargs):
+        active.append(True)
+        if 'x' not in seen:
+            seen['x'] = args[0].detach()
+            seen['hw'] = tuple(args[1] if len(args) > 1 else
+                               kwargs['hw_shape'])
+
+    def post_hook(mod, args, kwargs, output):
+        active.pop()
+
+    handles = [module.register_forward_pre_hook(pre_hook, with_kwargs=True),
+               module.register_forward_hook(post_hook, with_kwargs=True)]
+    pa.pola_linear_attention = spy
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        pa.pola_linear_attention = original
+        for handle in handles:
+            handle.remove()
+    if 'x' not in seen:
+        raise RuntimeError('the layer was not called')
+    if 'q' not in seen:
+        with torch.no_grad():
+            q, k, v, p = pola_qkvp(module, seen['x'], seen['hw'])
+        seen.update(q=q, k=k, v=v, p=p, key_mask=None, source='recomputed')
+    return seen
+
+
 def polarity_features(x, p):
     """``[relu(x)**p, relu(-x)**p]``: (..., d) -> (..., 2d)."""
     return torch.cat([F.relu(x)**p, F.relu(-x)**p], dim=-1)
@@ -71,8 +120,8 @@ def _normalise(scores, uniform_if_zero=False):
     return scores / total
 
 
-def attention_weights(q, k, p=None, methods=METHODS,
-                      eps: float = 0.) -> Dict[str, torch.Tensor]:
+def attention_weights(q, k, p=None, methods=METHODS, eps: float = 0.,
+                      key_mask=None) -> Dict[str, torch.Tensor]:
     """Row-stochastic attention matrices (..., Nq, Nk) for each method.
 
     Args:
@@ -83,21 +132,34 @@ def attention_weights(q, k, p=None, methods=METHODS,
         eps (float): the released normaliser's eps (per key); 0 gives rows
             that sum to exactly 1, 1e-6 the weights the released core
             applies (``x_sim = A_sim @ v1``).
+        key_mask (Tensor, optional): (Nk, ) bool, False for keys to leave
+            out (padding of a window): their weight is 0 in every method
+            (the Pola features of a zeroed key are 0, as in the core).
     """
     out = {}
     d = q.shape[-1]
+    keep = None
+    if key_mask is not None:
+        keep = key_mask.reshape(-1).bool()
+        # zero the padded keys: linear kernels then ignore them exactly
+        k = k * keep[:, None].to(k.dtype)
     if 'softmax' in methods:
-        out['softmax'] = torch.softmax(
-            (q @ k.transpose(-2, -1)) * d**-0.5, dim=-1)
+        logits = (q @ k.transpose(-2, -1)) * d**-0.5
+        if keep is not None:
+            logits = logits.masked_fill(~keep, float('-inf'))
+        out['softmax'] = torch.softmax(logits, dim=-1)
     if 'relu' in methods:
-        out['relu'] = _normalise(F.relu(q) @ F.relu(k).transpose(-2, -1),
-                                 uniform_if_zero=True)
+        scores = F.relu(q) @ F.relu(k).transpose(-2, -1)
+        if keep is not None:  # uniform over the real keys when all are 0
+            empty = (scores.sum(-1, keepdim=True) <= 0).to(scores.dtype)
+            scores = scores + empty * keep.to(scores.dtype)
+        out['relu'] = _normalise(scores, uniform_if_zero=True)
     if any(m.startswith('pola') for m in methods):
         assert p is not None, 'Pola weights need the exponents p'
         kf = polarity_features(k, p).transpose(-2, -1)        # (.., 2d, Nk)
         qs = polarity_features(q, p)                          # (.., Nq, 2d)
         qo = torch.cat([qs[..., d:], qs[..., :d]], dim=-1)    # q_opp
-        n = k.shape[-2]
+        n = k.shape[-2] if keep is None else int(keep.sum())
         sims = {}
         for name, qf in (('pola_sim', qs), ('pola_opp', qo)):
             scores = qf @ kf
@@ -120,7 +182,8 @@ def row_entropy(a: torch.Tensor) -> torch.Tensor:
 
 
 def entropies(q, k, p, methods=METHODS, chunk: int = 512,
-              head_reduce: str = 'mean') -> Dict[str, torch.Tensor]:
+              head_reduce: str = 'mean',
+              key_mask=None) -> Dict[str, torch.Tensor]:
     """Row entropies of every query for each method, computed in chunks of
     queries (N x N never held at once for all methods).
 
@@ -135,7 +198,7 @@ def entropies(q, k, p, methods=METHODS, chunk: int = 512,
     result = {m: [] for m in methods}
     for start in range(0, q.shape[-2], chunk):
         maps = attention_weights(q[..., start:start + chunk, :], k, p,
-                                 methods)
+                                 methods, key_mask=key_mask)
         for m, a in maps.items():
             result[m].append(row_entropy(reduce_heads(a, head_reduce))
                              .reshape(-1))

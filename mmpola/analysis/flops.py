@@ -26,7 +26,10 @@ plain count sees none of its matrix products either.
   and operation), so the number does not depend on how mmpola's fast core
   regroups the arithmetic (should a future ``PolaAttention`` reach its core
   some other way, the same analytic count is added per call instead, and
-  whatever matrix products the trace saw inside the module are taken out);
+  the matmul / bmm products the trace saw inside the module are taken out);
+* what else the trace counts inside ``PolaAttention`` is the resizing of its
+  positional encoding to the actual map (none at the pretraining size),
+  reported as ``pola_pos_resize``;
 * the element-wise work of ``PolaAttention.forward`` around the core
   (positional encoding added to k, q and k divided by softplus(scale), the
   depthwise-conv branch added, the gate multiplication: 5 per token and
@@ -49,7 +52,11 @@ from mmengine.analysis.print_helper import complexity_stats_table
 CORE_OP = 'prim::PythonOp.PolaCoreCount'
 POLA_OPS = ('pola_matmul', 'pola_elementwise')
 # products of a core traced op by op (only when the interception fails)
-TRACED_PRODUCTS = ('matmul', 'bmm', 'baddbmm', 'einsum', 'mm')
+TRACED_PRODUCTS = ('matmul', 'bmm', 'baddbmm', 'mm')
+# what a PolaAttention's count consists of; anything else traced inside it
+# is the resizing of its positional encoding to the map (an einsum of
+# interpolation matrices, or an upsampling op) -> 'pola_pos_resize'
+POLA_OWN_OPS = ('linear', 'addmm', 'conv', 'pola_matmul', 'pola_elementwise')
 
 # MMEngine counts bilinear upsampling as 4 per output element; bicubic
 # (Pola positional encodings resized to a new map) reads 16 neighbours.
@@ -232,6 +239,14 @@ class PolaFlopAnalyzer(FlopAnalyzer):
                     stats.counts[ancestor] -= traced
             for ancestor in ancestors:
                 stats.counts[ancestor] += extra
+            resize = sum(v for op, v in stats.counts[name].items()
+                         if op not in POLA_OWN_OPS)
+            if resize:
+                relabel = Counter({op: v for op, v in stats.counts[name].items()
+                                   if op not in POLA_OWN_OPS})
+                for ancestor in ancestors:
+                    stats.counts[ancestor] -= relabel
+                    stats.counts[ancestor]['pola_pos_resize'] += resize
             # the element-wise ops the rule covers are no longer unsupported
             covered = stats.unsupported_ops[name]
             for ancestor in ancestors - {name}:

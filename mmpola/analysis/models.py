@@ -114,8 +114,10 @@ def build_model(spec, cfg_options=None, backbone_only=False):
 
     Returns:
         tuple: (model in eval mode, info dict with ``task``
-        ('backbone' / 'det' / 'seg' / 'cls'), ``name``, ``cfg`` (the model
-        config), ``pad_divisor`` (inputs are padded to it, det / seg)).
+        ('backbone' / 'det' / 'seg' / 'cls'), ``whole_task`` (the task of
+        the config's whole model, also with ``backbone_only``), ``name``,
+        ``cfg`` (the model config), ``pad_divisor`` (inputs are padded to
+        it, det / seg)).
     """
     name = spec
     if isinstance(spec, str) and spec in NAMED:
@@ -137,13 +139,16 @@ def build_model(spec, cfg_options=None, backbone_only=False):
         # 'mmdet.X' from mmdet's registry, others (PolaPVT...) from the root
         scope = spec['type'].split('.')[0] if '.' in spec['type'] else None
         cfg = Config(dict(model=copy.deepcopy(spec)))
-        if cfg_options:
-            cfg.merge_from_dict(cfg_options)
+        if cfg_options:  # keys relative to the model ('model.' optional)
+            cfg.merge_from_dict({
+                k if k.startswith('model.') else f'model.{k}': v
+                for k, v in cfg_options.items()})
         model_cfg = cfg.model
     else:
         cfg = load_config(spec, cfg_options)
         scope = cfg.get('default_scope', 'mmdet')
         model_cfg = cfg.model  # a ConfigDict: mmdet reads train_cfg.rpn
+    whole_task = task_of(model_cfg, scope)
     if backbone_only and 'backbone' in model_cfg:
         model_cfg = model_cfg['backbone']
     task = task_of(model_cfg, scope)
@@ -162,8 +167,8 @@ def build_model(spec, cfg_options=None, backbone_only=False):
         # looked up in the codebase's scope
         model = registry.build(model_cfg)
     model.eval()
-    return model, dict(task=task, name=name, cfg=model_cfg, scope=scope,
-                       pad_divisor=pad_divisor)
+    return model, dict(task=task, whole_task=whole_task, name=name,
+                       cfg=model_cfg, scope=scope, pad_divisor=pad_divisor)
 
 
 def padded_shape(h, w, divisor):

@@ -64,7 +64,7 @@ DEFAULT_MODELS = ['pola_pvt_t', 'pvt_t', 'pola_swin_t', 'swin_t']
 DEFAULT_SIZES = ['224@32', '512', '800x1333', '1600x2666']
 FIELDS = ['mode', 'size', 'height', 'width', 'batch', 'tokens', 'model',
           'median_s', 'min_s', 'images_per_s', 'peak_mem_mb', 'repeats',
-          'status']
+          'loadavg_1m', 'status']
 
 
 def parse_size(text, batch=None):
@@ -101,10 +101,19 @@ def parse_args(argv=None):
     parser.add_argument('--core-batch', type=int, default=2)
     parser.add_argument('--core-heads', nargs='+', default=['3x32', '1x64'],
                         help='core mode: heads x head dim')
+    parser.add_argument(
+        '--mem-limit-gb', type=float,
+        help='CPU: cap the address space so that a run too big for the '
+        'machine fails with an error (reported, the benchmark goes on) '
+        'instead of being killed; default: current size + 90%% of the '
+        'available memory; 0: no cap')
     parser.add_argument('--threads', type=int,
                         help='torch.set_num_threads (default: torch default)')
     parser.add_argument('--out-dir', default='work_dirs/benchmark')
     parser.add_argument('--no-plot', action='store_true')
+    parser.add_argument('--from-csv', nargs='+', metavar='CSV',
+                        help='measure nothing: merge these benchmark.csv '
+                        'files into one set of outputs in --out-dir')
     args = parser.parse_args(argv)
     args.models = [m for spec in args.models for m in spec.split(',') if m]
     return args
@@ -217,6 +226,8 @@ def measure(works, repeat, warmup, device, memory=True, label=''):
             return fn(w)
         except (RuntimeError, MemoryError) as e:  # e.g. out of memory
             msg = str(e).splitlines()[0][:120]
+            if "can't allocate memory" in msg or 'out of memory' in msg:
+                msg = 'out of memory'
             rows[w.name]['status'] = f'error: {msg}'
             print(f'    {w.name}: FAILED ({msg})', flush=True)
             alive.remove(w)
@@ -295,40 +306,87 @@ def tables(results, pairs):
 
 
 def plot(results, path):
+    """Per image: median time and peak memory against stage-1 tokens, one
+    row of panels per mode; a Pola model and its baseline share a colour
+    (Pola: solid, circles; baseline: dashed, squares)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     series = {}
     for r in results:
         if r['mode'].startswith('core') or not r.get('median_s'):
             continue
-        series.setdefault((r['model'], r['mode']), []).append(r)
-    for (model, mode), rows in sorted(series.items()):
-        rows.sort(key=lambda r: r['tokens'])
-        style = '-' if mode == 'infer' else '--'
-        marker = 'o' if model.startswith(('pola', 'retinanet_pola',
-                                          'mask_rcnn_pola')) else 's'
-        xs = [r['tokens'] for r in rows]
-        axes[0].plot(xs, [r['median_s'] for r in rows], style,
-                     marker=marker, label=f'{model} ({mode})')
-        mem = [(r['tokens'], r['peak_mem_mb']) for r in rows
-               if r.get('peak_mem_mb')]
-        if mem:
-            axes[1].plot(*zip(*mem), style, marker=marker,
-                         label=f'{model} ({mode})')
-    for ax, title in zip(axes, ('median time per call (s)',
-                                'peak memory (MB)')):
-        ax.set_xscale('log')
-        ax.set_yscale('log')
-        ax.set_xlabel('stage-1 tokens per batch (batch x H/4 x W/4)')
-        ax.set_title(title)
-        ax.grid(True, which='both', alpha=0.3)
-    if series:
-        axes[0].legend(fontsize=7)
+        series.setdefault(r['mode'], {}).setdefault(r['model'], []).append(r)
+    modes = [m for m in ('infer', 'train') if m in series] or ['infer']
+    fig, axes = plt.subplots(len(modes), 2, figsize=(12, 4.3 * len(modes)),
+                             squeeze=False)
+    baselines = {b: p for p, b in PAIRS.items()}
+    families = sorted({baselines.get(m, m) for rows in series.values()
+                       for m in rows}, key=lambda m: (m not in PAIRS, m))
+    colours = {m: f'C{i}' for i, m in enumerate(families)}
+    for ax_row, mode in zip(axes, modes):
+        for model, rows in sorted(series.get(mode, {}).items()):
+            rows.sort(key=lambda r: r['tokens'] / r['batch'])
+            pola = model not in baselines
+            kw = dict(color=colours[baselines.get(model, model)],
+                      linestyle='-' if pola else '--',
+                      marker='o' if pola else 's', label=model)
+            xs = [r['tokens'] / r['batch'] for r in rows]
+            ax_row[0].plot(xs, [r['median_s'] / r['batch'] for r in rows],
+                           **kw)
+            mem = [(r['tokens'] / r['batch'], r['peak_mem_mb'] / r['batch'])
+                   for r in rows if r.get('peak_mem_mb')]
+            if mem:
+                ax_row[1].plot(*zip(*mem), **kw)
+        for ax, title in zip(ax_row, ('time per image (s)',
+                                      'peak memory per image (MB)')):
+            ax.set_xscale('log')
+            ax.set_yscale('log')
+            ax.set_xlabel('stage-1 tokens per image (H/4 x W/4)')
+            ax.set_title(f'{mode}: {title}')
+            ax.grid(True, which='both', alpha=0.3)
+        ax_row[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def read_csv(paths):
+    """Rows of earlier benchmark.csv files, numbers as numbers."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                for key in ('batch', 'tokens', 'repeats', 'height', 'width'):
+                    r[key] = int(r[key]) if r.get(key) else ''
+                for key in ('median_s', 'min_s', 'images_per_s',
+                            'peak_mem_mb', 'loadavg_1m'):
+                    r[key] = float(r[key]) if r.get(key) else None
+                rows.append(r)
+    return rows
+
+
+def limit_memory(gb):
+    """Cap the process's address space (Linux, CPU runs): allocations
+    beyond it raise instead of waking the OOM killer. Returns the cap in
+    bytes or None."""
+    try:
+        import resource
+        if gb is None:
+            fields = {}
+            for name in ('/proc/self/status', '/proc/meminfo'):
+                with open(name) as f:
+                    for line in f:
+                        key, _, value = line.partition(':')
+                        fields[key] = int(value.split()[0]) * 1024
+            cap = int(fields['VmSize'] + 0.9 * fields['MemAvailable'])
+        else:
+            cap = int(gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS,
+                           (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        return cap
+    except (OSError, KeyError, ValueError, ImportError):
+        return None
 
 
 def environment(device):
@@ -344,13 +402,65 @@ def environment(device):
     return info
 
 
+def save(results, pairs, args, env_start, start, final=False):
+    """Write the CSV, the tables and the plot (after every group of
+    measurements, so an interrupted run keeps what it measured)."""
+    all_rows, ratio_rows = tables(results, pairs)
+    env_now = environment(args.device)
+    text = (f'environment: {env_start}\nload average '
+            f'{"at the end" if final else "now"}: {env_now.get("loadavg")}\n'
+            f'repeats {args.repeat}, warm-up {args.warmup}, '
+            f'{time.time() - start:.0f} s\n\n{all_rows}\n\n'
+            f'Pola / baseline:\n\n{ratio_rows}\n')
+    if isinstance(env_start, str):  # merged from CSV files
+        text = (f'{env_start}\n\n{all_rows}\n\nPola / baseline:\n\n'
+                f'{ratio_rows}\n')
+    with open(osp.join(args.out_dir, 'benchmark.md'), 'w') as f:
+        f.write(text)
+    with open(osp.join(args.out_dir, 'benchmark.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, FIELDS, extrasaction='ignore')
+        writer.writeheader()
+        for r in results:
+            writer.writerow({k: r.get(k, '') for k in FIELDS})
+    if not args.no_plot:
+        plot(results, osp.join(args.out_dir, 'benchmark.png'))
+    return text
+
+
+def loadavg():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return ''
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings('ignore')
     os.makedirs(args.out_dir, exist_ok=True)
+    if args.from_csv:
+        results = read_csv(args.from_csv)
+        pairs = dict(PAIRS)
+        pairs.update({r['model']: r['model'].replace('mmpola_core',
+                                                     'released_core')
+                      for r in results
+                      if r['model'].startswith('mmpola_core')})
+        args.repeat = args.warmup = 'as measured'
+        text = save(results, pairs, args, f'merged from {args.from_csv}',
+                    time.time(), final=True)
+        print(text)
+        return
     env_start = environment(args.device)
+    if args.device == 'cpu' and args.mem_limit_gb != 0:
+        try:  # import what the models need first: the cap is set above it
+            import mmdet.models  # noqa: F401
+        except ImportError:
+            pass
+        cap = limit_memory(args.mem_limit_gb)
+        if cap:
+            env_start['address_space_cap_gb'] = f'{cap / 2**30:.1f}'
     print('environment: ' + ', '.join(f'{k} {v}'
                                       for k, v in env_start.items()))
     results, built = [], {}
@@ -367,12 +477,14 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001  (report, go on)
                 print(f'  {label} skipped: {e}', flush=True)
                 continue
+            load = loadavg()
             rows = measure(works, args.repeat, args.warmup, args.device,
                            not args.no_memory, label)
             for row in rows.values():
                 results.append(dict(mode=mode, size=f'{H}x{W}', height=H,
-                                    width=W, **row))
+                                    width=W, loadavg_1m=load, **row))
             del works
+            save(results, pairs, args, env_start, start)
     if 'core' in args.mode:
         for spec in args.core_heads:
             heads, dims = (int(v) for v in spec.lower().split('x'))
@@ -383,33 +495,20 @@ def main(argv=None):
                 print(label, flush=True)
                 works = core_workloads(args.core_batch, args.core_tokens,
                                        heads, dims, backward, args.device)
+                load = loadavg()
                 rows = measure(works, args.repeat, args.warmup, args.device,
                                not args.no_memory, label)
                 for row in rows.values():
+                    row.pop('images_per_s', None)
                     results.append(dict(mode=mode, size=f'{heads}x{dims}',
-                                        height='', width='', **row))
+                                        height='', width='', loadavg_1m=load,
+                                        **row))
                 pairs[f'mmpola_core[{heads}x{dims}]'] = \
                     f'released_core[{heads}x{dims}]'
                 del works
-    for r in results:
-        if r['mode'].startswith('core'):
-            r.pop('images_per_s', None)
-    env_end = environment(args.device)
-    all_rows, ratio_rows = tables(results, pairs)
-    text = (f'environment: {env_start}\nload average at the end: '
-            f'{env_end.get("loadavg")}\nrepeats {args.repeat}, warm-up '
-            f'{args.warmup}, total {time.time() - start:.0f} s\n\n'
-            f'{all_rows}\n\nPola / baseline:\n\n{ratio_rows}\n')
+                save(results, pairs, args, env_start, start)
+    text = save(results, pairs, args, env_start, start, final=True)
     print('\n' + text)
-    with open(osp.join(args.out_dir, 'benchmark.md'), 'w') as f:
-        f.write(text)
-    with open(osp.join(args.out_dir, 'benchmark.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, FIELDS, extrasaction='ignore')
-        writer.writeheader()
-        for r in results:
-            writer.writerow({k: r.get(k, '') for k in FIELDS})
-    if not args.no_plot:
-        plot(results, osp.join(args.out_dir, 'benchmark.png'))
     print(f'wrote {args.out_dir}/benchmark.{{csv,md' +
           ('' if args.no_plot else ',png') + '}')
 

@@ -17,7 +17,8 @@ as MMDetection's and MMSegmentation's own get_flops tools count them; the
 input is random, padded to the model's size divisor.
 
 Default shapes: 800x1280 (H x W) for detectors, 512x512 for segmentors,
-224x224 for classifiers and backbones. ``--shape N`` means N x N.
+224x224 for classifiers and backbones (with ``--backbone-only``, the shape
+of the config's whole model). ``--shape N`` means N x N.
 
 ``--paper-table`` counts the ImageNet classifiers of configs/mmpretrain at
 224x224 and prints them next to the paper's Table 1 / 5 numbers.
@@ -58,10 +59,11 @@ PAPER = [
 GROUPS = (
     ('linear', ('linear', 'addmm')),
     ('conv', ('conv', )),
-    ('attention products (softmax / other matmul)',
+    ('other matrix products (softmax, resizing)',
      ('matmul', 'bmm', 'einsum', 'mm', 'baddbmm')),
     ('Pola core products', ('pola_matmul', )),
     ('Pola element-wise', ('pola_elementwise', )),
+    ('Pola positional-encoding resize', ('pola_pos_resize', )),
     ('norms', ('layer_norm', 'group_norm', 'batch_norm', 'instance_norm')),
 )
 
@@ -111,9 +113,10 @@ def parse_args(argv=None):
 
 def count(spec, shape=None, batch=1, backbone_only=False, cfg_options=None,
           pola_rule=True, table_depth=0):
+    torch.manual_seed(0)  # random-init RPNs: the same proposals every run
     model, info = build_model(spec, cfg_options, backbone_only)
     task = info['task']
-    H, W = shape or DEFAULT_SHAPES[task]
+    H, W = shape or DEFAULT_SHAPES[info['whole_task']]
     Hp, Wp = padded_shape(H, W, info['pad_divisor'])
     samples = make_data_samples(task, batch, (H, W), (Hp, Wp))
     wrapper = TensorForward(model, task, samples)
@@ -169,21 +172,22 @@ def to_json(r):
 def paper_table(cfg_options=None):
     rows = []
     header = ('| Model | Params | paper | FLOPs (all) | linear+conv | paper '
-              '| Pola core + elementwise | softmax attn products |')
+              '| Pola core + element-wise + pos-enc resize | other matrix products |')
     lines = [header, '|---|---|---|---|---|---|---|---|']
     for name, config, p_params, p_flops in PAPER:
         r = count(config, (224, 224), cfg_options=cfg_options)
         g = r['groups']
         lc = g['linear'] + g['conv']
-        pola = g['Pola core products'] + g['Pola element-wise']
-        soft = g['attention products (softmax / other matmul)']
+        pola = g['Pola core products'] + g['Pola element-wise'] + g[
+            'Pola positional-encoding resize']
+        soft = g['other matrix products (softmax, resizing)']
         lines.append(
             f'| {name} | {r["params"] / 1e6:.2f}M | {p_params}M | '
             f'{r["flops"] / 1e9:.2f}G | {lc / 1e9:.2f}G | {p_flops}G | '
             f'{pola / 1e9:.3f}G | {soft / 1e9:.3f}G |')
         rows.append(dict(model=name, config=config, paper_params_m=p_params,
                          paper_flops_g=p_flops, **to_json(r)))
-        print(lines[-1], flush=True)
+        print(f'  {name}: {r["flops"] / 1e9:.2f}G', flush=True)
     return '\n'.join(lines), rows
 
 

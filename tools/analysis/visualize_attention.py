@@ -12,9 +12,13 @@ Without IMAGE a generated test image (coloured shapes) is used; without
 arithmetic, not learned behaviour). ``--checkpoint`` takes a released
 PolaFormer file or a converted one (``mmpola.checkpoint.load_pretrained``).
 
-The layer's input is captured with a forward pre-hook; q, k (with the
-positional encoding, divided by softplus(scale)) and the exponents p are
-recomputed from the layer's parameters. The Pola maps are the effective
+q, k (k with the positional encoding, both divided by softplus(scale)) and
+the exponents p are the ones the layer passes to its attention core,
+captured during the forward (``mmpola.analysis.attention_maps.
+capture_qkvp``); softmax and ReLU attention use the same q and k. When the
+layer runs on windows (Pola-Swin with ``pola_attn_mode='window'`` on large
+maps) one window is shown (``--window``), its padded keys left out as the
+core leaves them out. The Pola maps are the effective
 weights of the released core (``mmpola.analysis.attention_maps``):
 ``pola_sim`` (same-sign products, the weights of the first half of the value
 channels), ``pola_opp`` (opposite-sign products, second half) and ``pola``
@@ -35,12 +39,13 @@ import warnings
 
 import numpy as np
 import torch
+from mmengine.config import DictAction
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
 from mmpola.analysis.attention_maps import (METHODS,  # noqa: E402
-                                            attention_weights, demo_image,
-                                            entropies, pola_qkvp,
+                                            attention_weights, capture_qkvp,
+                                            demo_image, entropies,
                                             reduce_heads, row_entropy)
 from mmpola.analysis.models import build_model  # noqa: E402
 
@@ -76,6 +81,8 @@ def parse_args(argv=None):
                         help='which captured window/batch element, when the '
                         'layer runs on windows')
     parser.add_argument('--out-dir', default='work_dirs/attention')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='model overrides, e.g. pola_attn_mode=window')
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args(argv)
 
@@ -95,29 +102,6 @@ def pola_layers(model):
             if isinstance(m, PolaAttention)]
 
 
-def capture(model, module, img):
-    """Run the model on img (H, W, 3 uint8); return the layer's input
-    tokens and map shape of its first call."""
-    seen = {}
-
-    def hook(mod, args, kwargs):
-        if 'x' not in seen:
-            seen['x'] = args[0].detach()
-            seen['hw'] = tuple(args[1] if len(args) > 1 else
-                               kwargs['hw_shape'])
-            seen['masked'] = (len(args) > 2 and args[2] is not None) or (
-                kwargs.get('key_mask') is not None)
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    x = torch.from_numpy((img - MEAN) / STD).float().permute(2, 0, 1)[None]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return seen
-
-
 def main(argv=None):
     args = parse_args(argv)
     warnings.filterwarnings('ignore')
@@ -127,7 +111,7 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     hw = tuple(args.img_size) * (2 if len(args.img_size) == 1 else 1)
-    model, _ = build_model(args.model, backbone_only=True)
+    model, _ = build_model(args.model, args.cfg_options, backbone_only=True)
     if args.checkpoint:
         from mmpola.checkpoint import load_pretrained
         load_pretrained(model, args.checkpoint)
@@ -145,54 +129,66 @@ def main(argv=None):
             raise SystemExit(f'--layer {args.layer!r}: give an index '
                              f'< {len(layers)} or one of {names}')
     img = load_image(args.image, hw)
-    seen = capture(model, module, img)
-    if 'x' not in seen:
-        raise SystemExit(f'{name} was not called')
-    x, (Hm, Wm) = seen['x'], seen['hw']
-    if x.shape[0] > 1:
-        print(f'{name} ran on {x.shape[0]} windows / images; showing '
-              f'element {args.window}')
-    x = x[args.window:args.window + 1]
-    with torch.no_grad():
-        q, k, v, p = pola_qkvp(module, x, (Hm, Wm))
-    q, k, p = q[0], k[0], p[0]                 # (heads, N, d), (heads, 1, d)
+    x = torch.from_numpy((img - MEAN) / STD).float().permute(2, 0, 1)[None]
+    seen = capture_qkvp(model, module, x)
+    Hm, Wm = seen['hw']
+    q, k, p = seen['q'], seen['k'], seen['p']
+    seen['windows'] = q.shape[0]
+    if q.shape[0] > 1:
+        print(f'{name} ran on {q.shape[0]} windows; showing window '
+              f'{args.window} (query and maps in its own {Hm}x{Wm} grid)')
+    q, k = q[args.window].float(), k[args.window].float()  # (heads, N, d)
+    p = p.reshape(-1, 1, p.shape[-1]).float()  # (heads or 1, 1, d)
+    key_mask = seen['key_mask']
+    if key_mask is not None:  # padded keys of a window, left out
+        key_mask = key_mask[args.window].reshape(-1) > 0
     N = Hm * Wm
+    n_keys = N if key_mask is None else int(key_mask.sum())
 
-    # query token
+    # query token. On windows the query and the maps are in the window's
+    # own grid (--query as fractions of it) and not laid over the image.
     H, W = hw
+    windowed = seen['windows'] > 1
     qy, qx = args.query if args.query else (H / 2, W / 2)
     if qy <= 1 and qx <= 1:
         qy, qx = qy * H, qx * W
     ty = min(int(qy * Hm / H), Hm - 1)
     tx = min(int(qx * Wm / W), Wm - 1)
     qi = ty * Wm + tx
+    if windowed:  # draw in window-token units
+        qy, qx, H, W = ty + 0.5, tx + 0.5, Hm, Wm
 
     head_maps = 'mean' if args.head == 'all' else args.head
     with torch.no_grad():
-        rows = attention_weights(q[:, qi:qi + 1], k, p)
+        rows = attention_weights(q[:, qi:qi + 1], k, p, key_mask=key_mask)
         maps = {m: reduce_heads(a, head_maps)[0].reshape(Hm, Wm)
                 for m, a in rows.items()}
         query_entropy = {m: float(row_entropy(a.reshape(1, -1))[0])
                          for m, a in maps.items()}
-        ents = entropies(q, k, p, head_reduce=args.head)
+        ents = entropies(q, k, p, head_reduce=args.head, key_mask=key_mask)
 
     os.makedirs(args.out_dir, exist_ok=True)
     # attention maps
     fig, axes = plt.subplots(1, len(METHODS) + 1,
                              figsize=(3.2 * (len(METHODS) + 1), 3.6))
     axes[0].imshow(img)
-    axes[0].plot([qx], [qy], marker='*', color='white', markersize=14,
-                 markeredgecolor='black')
-    axes[0].set_title(f'query ({int(qy)}, {int(qx)}) -> token {qi}',
-                      fontsize=9)
+    if windowed:
+        axes[0].set_title(f'window {args.window} of {seen["windows"]}: '
+                          f'query token {qi} ({ty}, {tx})', fontsize=9)
+    else:
+        axes[0].plot([qx], [qy], marker='*', color='white', markersize=14,
+                     markeredgecolor='black')
+        axes[0].set_title(f'query ({int(qy)}, {int(qx)}) -> token {qi}',
+                          fontsize=9)
     for ax, m in zip(axes[1:], METHODS):
-        ax.imshow(img, alpha=0.35)
+        if not windowed:
+            ax.imshow(img, alpha=0.35)
         ax.imshow(maps[m].numpy(), cmap='jet', alpha=0.65,
                   extent=(0, W, H, 0), interpolation='nearest')
         ax.plot([qx], [qy], marker='*', color='white', markersize=10,
                 markeredgecolor='black')
         ax.set_title(f'{TITLES[m]}\nH = {query_entropy[m]:.2f} '
-                     f'(max {np.log(N):.2f})', fontsize=9)
+                     f'(max {np.log(n_keys):.2f})', fontsize=9)
     for ax in axes:
         ax.axis('off')
     fig.suptitle(f'{args.model} {name} ({Hm}x{Wm} tokens, head '
@@ -205,7 +201,7 @@ def main(argv=None):
 
     # entropy histograms
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    top = np.log(N)
+    top = np.log(n_keys)
     low = min(float(e.min()) for e in ents.values())
     pad = 0.02 * max(top - low, 1e-3)
     bins = np.linspace(low - pad, top + pad, 60)
@@ -215,7 +211,7 @@ def main(argv=None):
     ax.axvline(top, color='k', linestyle='--', linewidth=1)
     ax.set_xlabel('row entropy (nats); dashed: log N (uniform)')
     ax.set_ylabel('queries')
-    ax.set_title(f'{name}: entropy of every query row ({N} keys)',
+    ax.set_title(f'{name}: entropy of every query row ({n_keys} keys)',
                  fontsize=10)
     ax.legend(fontsize=8, loc='upper left')
     fig.tight_layout()
@@ -226,11 +222,13 @@ def main(argv=None):
         model=args.model, layer=name, checkpoint=args.checkpoint,
         image=args.image or 'generated', image_hw=list(hw),
         map_hw=[Hm, Wm], heads=int(q.shape[0]), head=args.head,
-        query_pixel=[qy, qx], query_token=qi, log_n=float(top),
+        windows=seen['windows'], window=args.window if windowed else None,
+        query_token=qi, query_rc=[ty, tx], log_n=float(top),
         query_entropy=query_entropy,
         mean_entropy={m: float(e.mean()) for m, e in ents.items()},
         median_entropy={m: float(e.median()) for m, e in ents.items()},
-        masked_windows=bool(seen['masked']))
+        qk_source=seen['source'],
+        padded_keys=0 if key_mask is None else int((~key_mask).sum()))
     with open(osp.join(args.out_dir, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
     print(f'{args.model} {name}: {Hm}x{Wm} tokens, query token {qi}')
