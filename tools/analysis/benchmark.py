@@ -105,7 +105,7 @@ def parse_args(argv=None):
         '--mem-limit-gb', type=float,
         help='CPU: cap the address space so that a run too big for the '
         'machine fails with an error (reported, the benchmark goes on) '
-        'instead of being killed; default: current size + 90%% of the '
+        'instead of being killed; default: current size + 75%% of the '
         'available memory; 0: no cap')
     parser.add_argument('--threads', type=int,
                         help='torch.set_num_threads (default: torch default)')
@@ -246,9 +246,8 @@ def measure(works, repeat, warmup, device, memory=True, label=''):
             t = guarded(w, call)
             if t is not None:
                 rows[w.name]['times'].append(t)
-        print(f'  {label} round {r + 1}/{repeat}: ' + ', '.join(
-            f'{w.name} {rows[w.name]["times"][-1]:.3f} s' for w in alive),
-            flush=True)
+                print(f'  {label} round {r + 1}/{repeat} {w.name}: '
+                      f'{t:.3f} s', flush=True)
     for w in list(alive):
         row = rows[w.name]
         if memory:
@@ -256,6 +255,9 @@ def measure(works, repeat, warmup, device, memory=True, label=''):
                 w.prepare()
             mem = guarded(w, lambda w: peak_memory(w.run, device))
             row['peak_mem_mb'] = None if mem is None else mem / 2**20
+            if mem is not None:
+                print(f'  {label} peak memory {w.name}: '
+                      f'{row["peak_mem_mb"]:.1f} MB', flush=True)
     for row in rows.values():
         times = row.pop('times')
         row['repeats'] = len(times)
@@ -379,7 +381,9 @@ def limit_memory(gb):
                     for line in f:
                         key, _, value = line.partition(':')
                         fields[key] = int(value.split()[0]) * 1024
-            cap = int(fields['VmSize'] + 0.9 * fields['MemAvailable'])
+            # 75%: the rest of the machine (other processes, page cache)
+            # must not be squeezed into the OOM killer either
+            cap = int(fields['VmSize'] + 0.75 * fields['MemAvailable'])
         else:
             cap = int(gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS,
