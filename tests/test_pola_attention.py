@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmpola.models.pola_attention import PolaAttention, pola_linear_attention
-from reference_pola import released_pola_core
+from reference_pola import released_pola_attention, released_pola_core
 
 
 def run(fn, q, k, v, power, grad_out, **kwargs):
@@ -95,3 +95,61 @@ def test_module_saves_no_token_by_token_tensor():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         attn(x, (15, 20)).sum().backward()
     assert sizes and max(sizes) < N * N
+
+
+@pytest.mark.parametrize('fused, heads, hw', [(False, 1, (9, 13)),
+                                              (True, 3, (8, 8)),
+                                              (True, 2, (11, 5))])
+def test_module_matches_released_module_with_gradients(fused, heads, hw):
+    """The whole layer (projections, in-place scaling, resized positional
+    encoding, shared dwc, gate) against the released forward: output and the
+    gradient of the input and of every parameter."""
+    torch.manual_seed(heads)
+    C = 32 * heads
+    attn = PolaAttention(C, heads, (8, 8), fused_qkvg=fused)
+    with torch.no_grad():
+        for prm in attn.parameters():
+            prm.normal_(0, 0.3)
+    x = torch.randn(2, hw[0] * hw[1], C)
+    grad_out = torch.randn(2, hw[0] * hw[1], C)
+    results = []
+    for fn in (lambda t: attn(t, hw),
+               lambda t: released_pola_attention(attn, t, hw)):
+        attn.zero_grad()
+        xi = x.clone().requires_grad_()
+        out = fn(xi)
+        (out * grad_out).sum().backward()
+        results.append([('out', out.detach()), ('dx', xi.grad)] + [
+            (name, prm.grad.clone()) for name, prm in attn.named_parameters()])
+    for (name, a), (_, b) in zip(*results):
+        assert rel(a, b) < 1e-5, name
+
+
+@pytest.mark.parametrize('B, heads, N, d', [(1, 1, 1001, 64),
+                                             (3, 3, 517, 32)])
+def test_token_blocks_give_the_same_numbers(monkeypatch, B, heads, N, d):
+    """Many small token blocks (uneven last block) against the oracle."""
+    import mmpola.models.pola_attention as pa
+    monkeypatch.setattr(pa, 'CPU_BLOCK_ELEMENTS', 1)  # 64 tokens per block
+    assert len(pa._token_blocks(torch.empty(B, heads, N, d))) > 5
+    torch.manual_seed(N)
+    q, k, v = (torch.randn(B, heads, N, d) for _ in range(3))
+    power = torch.randn(1, heads, 1, d)
+    grad_out = torch.randn(B, heads, N, d)
+    mask = torch.ones(B, 1, N, 1)
+    mask[0, :, N - 70:] = 0
+    fast = run(pola_linear_attention, q, k, v, power, grad_out,
+               key_mask=mask)
+    ref = run(released_pola_core, q, k, v * mask, power, grad_out)
+    # the oracle has no mask: compare batch items without padding, and the
+    # padded item's real tokens against the oracle on them alone
+    keep = N - 70
+    ref0 = run(released_pola_core, q[:1], k[:1, :, :keep], v[:1, :, :keep],
+               power, grad_out[:1])
+    for name, a, b in zip(['out', 'dq', 'dk', 'dv'], fast[:4], ref[:4]):
+        if B > 1:
+            assert rel(a[1:], b[1:]) < 1e-5, name
+    assert rel(fast[0][:1], ref0[0]) < 1e-5
+    assert rel(fast[1][:1], ref0[1]) < 1e-5
+    assert rel(fast[2][:1, :, :keep], ref0[2]) < 1e-5
+    assert fast[2][:1, :, keep:].abs().max() == 0

@@ -1,6 +1,7 @@
 """What Pola-PVT and Pola-Swin share as dense-prediction backbones."""
 import copy
 
+import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
@@ -36,14 +37,35 @@ class PreNormBlock(BaseModule):
                                           drop_prob=drop_path_rate),
                        act_cfg=dict(type='GELU'), add_identity=True)
 
+    # CPU inference: a hidden map (B, N, mlp_ratio * C) larger than
+    # CPU_FFN_WHOLE elements is computed in token blocks of about
+    # CPU_FFN_BLOCK elements instead of being allocated whole (fresh large
+    # buffers cost page faults; small ones are reused by the allocator and
+    # stay in cache). Row-wise, so the numbers are the same.
+    CPU_FFN_WHOLE = 1 << 23
+    CPU_FFN_BLOCK = 1 << 20
+
     def _attention(self, x, hw_shape):
         return self.attn(x, hw_shape)
+
+    def _norm_ffn(self, x):
+        B, N, C = x.shape
+        hidden = B * self.ffn.feedforward_channels
+        step = max(1, self.CPU_FFN_BLOCK // hidden)
+        if (torch.is_grad_enabled() or x.device.type != 'cpu'
+                or N * hidden <= self.CPU_FFN_WHOLE):
+            return self.ffn(self.norm2(x), identity=x)
+        out = torch.empty_like(x)
+        for i in range(0, N, step):
+            xb = x[:, i:i + step]
+            out[:, i:i + step] = self.ffn(self.norm2(xb), identity=xb)
+        return out
 
     def forward(self, x, hw_shape):
 
         def _inner(x):
             x = x + self.drop_path(self._attention(self.norm1(x), hw_shape))
-            return self.ffn(self.norm2(x), identity=x)
+            return self._norm_ffn(x)
 
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(_inner, x, use_reentrant=False)
