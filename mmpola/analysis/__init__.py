@@ -8,10 +8,8 @@ from .attention_maps import attention_weights, row_entropy
 from .flops import (PolaFlopAnalyzer, analyze, pola_attention_flops,
                     pola_core_flops)
 from .measure import peak_memory, time_call
-from .reference import released_pola_core
 
 __all__ = [
     'PolaFlopAnalyzer', 'analyze', 'pola_attention_flops', 'pola_core_flops',
-    'attention_weights', 'row_entropy', 'peak_memory', 'time_call',
-    'released_pola_core'
+    'attention_weights', 'row_entropy', 'peak_memory', 'time_call'
 ]

@@ -30,6 +30,8 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
+from mmpola.models.pola_attention import polarity_features
+
 METHODS = ('softmax', 'relu', 'pola_sim', 'pola_opp', 'pola')
 
 
@@ -103,11 +105,6 @@ def capture_qkvp(model, module, *inputs):
             q, k, v, p = pola_qkvp(module, seen['x'], seen['hw'])
         seen.update(q=q, k=k, v=v, p=p, key_mask=None, source='recomputed')
     return seen
-
-
-def polarity_features(x, p):
-    """``[relu(x)**p, relu(-x)**p]``: (..., d) -> (..., 2d)."""
-    return torch.cat([F.relu(x)**p, F.relu(-x)**p], dim=-1)
 
 
 def _normalise(scores, uniform_if_zero=False):

@@ -177,7 +177,10 @@ def model_workloads(names, H, W, batch, mode, device, built):
 
 
 def core_workloads(batch, tokens, heads, dims, backward, device):
-    from mmpola.analysis.reference import released_pola_core
+    # the released formulation: the test suite's oracle
+    sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..',
+                                '..', 'tests'))
+    from reference_pola import released_pola_core
     from mmpola.models.pola_attention import pola_linear_attention
     gen = torch.Generator().manual_seed(0)
     shape = (batch, heads, tokens, dims)
