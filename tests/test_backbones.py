@@ -59,6 +59,29 @@ def test_stage_outputs_match_released_code(family):
 
 
 @pytest.mark.parametrize('family', ['pvt', 'swin'])
+def test_small_token_blocks_match_released_code(monkeypatch, family):
+    """The CPU paths that work on token blocks (the attention core always,
+    the FFN in inference on large maps) give the released numbers with
+    many small, uneven blocks."""
+    import mmpola.models.pola_attention as pa
+    from mmpola.models.backbone_utils import PreNormBlock
+    monkeypatch.setattr(pa, 'CPU_BLOCK_ELEMENTS', 1)
+    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_WHOLE', 0)
+    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_BLOCK', 1000)
+    fixture = load_fixture(family)
+    model = fixture_backbone(fixture)
+    blocks = [m for m in model.modules() if isinstance(m, PreNormBlock)]
+    calls = []
+    for b in blocks:
+        b.ffn.register_forward_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        outs = model(fixture['input'])
+    for out, ref in zip(outs, fixture['stage_outputs']):
+        assert rel_err(out, ref) < 1e-5
+    assert len(calls) > 2 * len(blocks)  # the FFNs ran in token blocks
+
+
+@pytest.mark.parametrize('family', ['pvt', 'swin'])
 def test_bf16_autocast_stays_close_and_finite(family):
     fixture = load_fixture(family)
     model = fixture_backbone(fixture)
