@@ -15,7 +15,7 @@ Modes:
     core   the attention core alone, at ``--core-batch`` x ``--core-tokens``
            tokens for each ``--core-heads`` (heads x head dim):
            ``mmpola.models.pola_attention.pola_linear_attention`` against
-           the released formulation (``mmpola.analysis.reference``),
+           the released formulation (``tests/reference_pola.py``),
            forward and forward + backward.
 
 Models (``--models``; each Pola model is compared with its baseline when
