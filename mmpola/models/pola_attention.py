@@ -299,27 +299,36 @@ class PolaAttention(BaseModule):
         self.positional_encoding = nn.Parameter(
             torch.zeros(1, pretrain_hw[0] * pretrain_hw[1], embed_dims))
 
-    def _project(self, x):
-        """q, k, v, g: (B, N, C) slices of the projections (not views of a
-        multi-output split, so they can be scaled in place)."""
-        C = self.embed_dims
-        if self.fused_qkvg:
-            qkvg = self.qkvg(x)
-            return tuple(qkvg[..., i * C:(i + 1) * C] for i in range(4))
-        qg, kv = self.qg(x), self.kv(x)
-        return qg[..., :C], kv[..., :C], kv[..., C:], qg[..., C:]
+    # (projection, block of C output rows) of q, k, v and g in the released
+    # layouts: Swin ``qkvg``, PVT ``qg`` and ``kv``
+    ROWS = {True: dict(q=('qkvg', 0), k=('qkvg', 1), v=('qkvg', 2),
+                       g=('qkvg', 3)),
+            False: dict(q=('qg', 0), g=('qg', 1), k=('kv', 0), v=('kv', 1))}
+
+    def _linear(self, x, name, scale=None):
+        """One of q, k, v, g: (B, N, C), optionally divided by ``scale`` (C,)
+        as ``x (W / s)^T + b / s``, so that no (B, N, C) pass (nor its
+        backward) is spent on the division."""
+        layer, part = self.ROWS[self.fused_qkvg][name]
+        layer = getattr(self, layer)
+        rows = slice(part * self.embed_dims, (part + 1) * self.embed_dims)
+        w = layer.weight[rows]
+        b = None if layer.bias is None else layer.bias[rows]
+        if scale is not None:
+            w = w / scale[:, None]
+            b = None if b is None else b / scale
+        return F.linear(x, w, b)
 
     def forward(self, x, hw_shape, key_mask=None):
         B, N, C = x.shape
         H, W = hw_shape
         assert N == H * W, f'{N} tokens do not form a {H}x{W} map'
-        q, k, v, g = self._project(x)
-        s = F.softplus(self.scale)
-        # in place on the projection outputs: no new (B, N, C) buffers
-        q = q.div_(s)
-        k = k.add_(resize_token_grid(self.positional_encoding,
-                                     self.pretrain_hw, (H, W),
-                                     'bicubic')).div_(s)
+        s = F.softplus(self.scale).view(C)
+        q = self._linear(x, 'q', s)
+        pe = resize_token_grid(self.positional_encoding, self.pretrain_hw,
+                               (H, W), 'bicubic')
+        k = self._linear(x, 'k', s).add_(pe / s)
+        v, g = self._linear(x, 'v'), self._linear(x, 'g')
         if key_mask is not None:
             v = v * key_mask.reshape(B, N, 1).to(v.dtype)  # nor via dwc
 
@@ -337,5 +346,5 @@ class PolaAttention(BaseModule):
         dwc = F.conv2d(v_map, self.dwc.weight.repeat(self.num_heads, 1, 1, 1),
                        self.dwc.bias.repeat(self.num_heads),
                        padding=self.dwc.padding, groups=C)
-        out = out.add_(dwc.permute(0, 2, 3, 1).reshape(B, N, C))
+        out = out + dwc.permute(0, 2, 3, 1).reshape(B, N, C)
         return self.proj_drop(self.proj(out * g))
