@@ -305,30 +305,33 @@ class PolaAttention(BaseModule):
                        g=('qkvg', 3)),
             False: dict(q=('qg', 0), g=('qg', 1), k=('kv', 0), v=('kv', 1))}
 
-    def _linear(self, x, name, scale=None):
-        """One of q, k, v, g: (B, N, C), optionally divided by ``scale`` (C,)
-        as ``x (W / s)^T + b / s``, so that no (B, N, C) pass (nor its
-        backward) is spent on the division."""
-        layer, part = self.ROWS[self.fused_qkvg][name]
-        layer = getattr(self, layer)
-        rows = slice(part * self.embed_dims, (part + 1) * self.embed_dims)
-        w = layer.weight[rows]
-        b = None if layer.bias is None else layer.bias[rows]
-        if scale is not None:
-            w = w / scale[:, None]
-            b = None if b is None else b / scale
-        return F.linear(x, w, b)
+    def _project(self, x, s):
+        """q / s, k / s, v, g: (B, N, C) views of one matrix product, the
+        division by ``s`` (C,) folded into the weights (``x (W / s)^T +
+        b / s``): no (B, N, C) pass, forward or backward, is spent on it."""
+        ws, bs = [], []
+        for name in 'qkvg':
+            layer, part = self.ROWS[self.fused_qkvg][name]
+            layer = getattr(self, layer)
+            rows = slice(part * self.embed_dims, (part + 1) * self.embed_dims)
+            w = layer.weight[rows]
+            b = None if layer.bias is None else layer.bias[rows]
+            if name in 'qk':
+                w = w / s[:, None]
+                b = None if b is None else b / s
+            ws.append(w)
+            bs.append(b)
+        bias = None if bs[0] is None else torch.cat(bs)
+        return F.linear(x, torch.cat(ws), bias).chunk(4, dim=-1)
 
     def forward(self, x, hw_shape, key_mask=None):
         B, N, C = x.shape
         H, W = hw_shape
         assert N == H * W, f'{N} tokens do not form a {H}x{W} map'
         s = F.softplus(self.scale).view(C)
-        q = self._linear(x, 'q', s)
-        pe = resize_token_grid(self.positional_encoding, self.pretrain_hw,
-                               (H, W), 'bicubic')
-        k = self._linear(x, 'k', s).add_(pe / s)
-        v, g = self._linear(x, 'v'), self._linear(x, 'g')
+        q, k, v, g = self._project(x, s)
+        k = k + resize_token_grid(self.positional_encoding, self.pretrain_hw,
+                                  (H, W), 'bicubic') / s
         if key_mask is not None:
             v = v * key_mask.reshape(B, N, 1).to(v.dtype)  # nor via dwc
 
