@@ -17,6 +17,9 @@ head with q, k, v of shape (N, d) and exponent p of shape (d,)::
 Regrouping: ``q_opp @ M == q_sim @ swap(M)`` where ``swap`` exchanges the two
 row halves of M, so both products and both normalisers come out of a single
 ``q_sim @ W`` with ``W`` (2d, d + 2) built from ``k'^T [v, 1] / n``.
+On the CPU the tokens go through in cache-sized blocks (the 2d-wide features
+never exist for the whole sequence); the backward keeps only q, k, v and W
+and recomputes the features block by block.
 """
 from typing import Optional, Tuple
 
