@@ -153,3 +153,18 @@ def test_token_blocks_give_the_same_numbers(monkeypatch, B, heads, N, d):
     assert rel(fast[1][:1], ref0[1]) < 1e-5
     assert rel(fast[2][:1, :, :keep], ref0[2]) < 1e-5
     assert fast[2][:1, :, keep:].abs().max() == 0
+
+
+def test_depthwise_conv_backward():
+    """The CPU depthwise convolution's own backward against autograd's,
+    on a channels-last input like the attention's v, float64 gradcheck."""
+    from mmpola.models.pola_attention import _DepthwiseConvCPU
+    torch.manual_seed(3)
+    x = torch.randn(2, 7, 9, 6, dtype=torch.float64).permute(0, 3, 1, 2)
+    w = torch.randn(6, 1, 5, 5, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    args = [t.clone().requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradcheck(_DepthwiseConvCPU.apply, args)
+    out = _DepthwiseConvCPU.apply(*args)
+    ref = torch.nn.functional.conv2d(x, w, b, padding=2, groups=6)
+    torch.testing.assert_close(out, ref)
