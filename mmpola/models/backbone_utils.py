@@ -49,6 +49,7 @@ class PreNormBlock(BaseModule):
         return self.attn(x, hw_shape)
 
     def _norm_ffn(self, x):
+        """x + FFN(norm2(x)): (B, N, C) -> (B, N, C)."""
         B, N, C = x.shape
         hidden = B * self.ffn.feedforward_channels
         step = max(1, self.CPU_FFN_BLOCK // hidden)
