@@ -65,8 +65,11 @@ class PreNormBlock(BaseModule):
     def forward(self, x, hw_shape):
 
         def _inner(x):
-            x = x + self.drop_path(self._attention(self.norm1(x), hw_shape))
-            return self._norm_ffn(x)
+            a = self.drop_path(self._attention(self.norm1(x), hw_shape))
+            # inference: the residual sum in place of the attention output
+            # (a fresh tensor: no new (B, N, C) buffer); x is the caller's
+            return self._norm_ffn(x + a if torch.is_grad_enabled() else
+                                  a.add_(x))
 
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(_inner, x, use_reentrant=False)

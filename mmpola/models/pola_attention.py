@@ -385,5 +385,9 @@ class PolaAttention(BaseModule):
         dwc = depthwise_conv(v_map,
                              self.dwc.weight.repeat(self.num_heads, 1, 1, 1),
                              self.dwc.bias.repeat(self.num_heads))
-        out = out + dwc.permute(0, 2, 3, 1).reshape(B, N, C)
-        return self.proj_drop(self.proj(out * g))
+        dwc = dwc.permute(0, 2, 3, 1).reshape(B, N, C)
+        if torch.is_grad_enabled():
+            out = (out + dwc) * g
+        else:  # inference: in place, no new (B, N, C) buffers
+            out = out.add_(dwc).mul_(g)
+        return self.proj_drop(self.proj(out))
