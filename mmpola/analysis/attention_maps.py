@@ -37,25 +37,15 @@ METHODS = ('softmax', 'relu', 'pola_sim', 'pola_opp', 'pola')
 
 def pola_qkvp(module, x: torch.Tensor, hw_shape: Tuple[int, int]):
     """q, k, v (B, heads, N, d) and p (1, heads, 1, d) of a
-    ``PolaAttention`` for input tokens x (B, N, C), recomputed from its
-    parameters as its forward computes them (released formulation)."""
-    from mmpretrain.models.utils import resize_pos_embed
+    ``PolaAttention`` for input tokens x (B, N, C), recomputed with its own
+    ``project`` as its forward computes them."""
     B, N, C = x.shape
-    if module.fused_qkvg:
-        q, k, v, _ = module.qkvg(x).chunk(4, dim=-1)
-    else:
-        q, _ = module.qg(x).chunk(2, dim=-1)
-        k, v = module.kv(x).chunk(2, dim=-1)
-    k = k + resize_pos_embed(module.positional_encoding, module.pretrain_hw,
-                             tuple(hw_shape), 'bicubic', num_extra_tokens=0)
-    s = F.softplus(module.scale)
-    q, k = q / s, k / s
+    q, k, v, _ = module.project(x, hw_shape)
 
     def heads(t):
         return t.reshape(B, N, module.num_heads, -1).transpose(1, 2)
 
-    p = 1 + module.alpha * torch.sigmoid(module.power)
-    return heads(q), heads(k), heads(v), p
+    return heads(q), heads(k), heads(v), module.exponent()
 
 
 def capture_qkvp(model, module, *inputs):

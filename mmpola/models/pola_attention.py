@@ -102,6 +102,15 @@ def _token_blocks(x: torch.Tensor):
     return [slice(i, min(i + step, N)) for i in range(0, N, step)]
 
 
+def _key_features(k, p, key_mask, blk):
+    """Polarity features of the keys in token block ``blk``, padded keys
+    zeroed: (B, h, T, 2d)."""
+    kf = polarity_features(k[..., blk, :], p)
+    if key_mask is not None:
+        kf.mul_(key_mask[..., blk, :])
+    return kf
+
+
 class _PolaCore(torch.autograd.Function):
     """Regrouped released arithmetic, blocked over tokens, with a
     hand-written backward.
@@ -122,9 +131,7 @@ class _PolaCore(torch.autograd.Function):
             n = key_mask.sum(dim=-2, keepdim=True).clamp_(min=1)
         m = v.new_zeros(B, h, 2 * d, d + 1)        # [k+; k-]^T [v, 1]
         for blk in _token_blocks(k):
-            kf = polarity_features(k[..., blk, :], p)      # (B, h, T, 2d)
-            if key_mask is not None:
-                kf.mul_(key_mask[..., blk, :])
+            kf = _key_features(k, p, key_mask, blk)        # (B, h, T, 2d)
             m[..., :d].add_(kf.transpose(-2, -1) @ v[..., blk, :])
             m[..., d].add_(kf.sum(dim=-2))
         w = _w_from_key_sums(m.div_(n), half)             # (B, h, 2d, d+2)
@@ -176,10 +183,9 @@ class _PolaCore(torch.autograd.Function):
         ds_v, ds_1 = ds[..., :d], ds[..., d:].transpose(-2, -1)
         ds_vt = ds_v.transpose(-2, -1)
         for blk in _token_blocks(k):
-            kf = polarity_features(k[..., blk, :], p)
+            kf = _key_features(k, p, key_mask, blk)
             dkf = (v[..., blk, :] @ ds_vt).add_(ds_1)      # (B, h, T, 2d)
             if key_mask is not None:
-                kf.mul_(key_mask[..., blk, :])
                 dkf.mul_(key_mask[..., blk, :])
             dv[..., blk, :] = kf @ ds_v
             dkb, dpb = _polarity_grad(k[..., blk, :], kf, dkf, p)
@@ -241,11 +247,18 @@ class _DepthwiseConvCPU(torch.autograd.Function):
         B, C, H, W = x.shape
         k = w.shape[-1]
         pad = k // 2
-        dx = F.conv2d(g, w.flip(-2, -1), padding=pad, groups=C)
-        xp = F.pad(x, (pad, pad, pad, pad)).reshape(1, B * C, H + 2 * pad,
-                                                     W + 2 * pad)
-        dw = F.conv2d(xp, g.reshape(B * C, 1, H, W), groups=B * C)
-        return dx, dw.view(B, C, 1, k, k).sum(0), g.sum((0, 2, 3))
+        need_x, need_w, need_b = ctx.needs_input_grad
+        dx = dw = db = None
+        if need_x:
+            dx = F.conv2d(g, w.flip(-2, -1), padding=pad, groups=C)
+        if need_w:
+            xp = F.pad(x, (pad, pad, pad, pad)).reshape(
+                1, B * C, H + 2 * pad, W + 2 * pad)
+            dw = F.conv2d(xp, g.reshape(B * C, 1, H, W), groups=B * C)
+            dw = dw.view(B, C, 1, k, k).sum(0)
+        if need_b:
+            db = g.sum((0, 2, 3))
+        return dx, dw, db
 
 
 def depthwise_conv(x, w, b):
@@ -335,46 +348,46 @@ class PolaAttention(BaseModule):
         self.positional_encoding = nn.Parameter(
             torch.zeros(1, pretrain_hw[0] * pretrain_hw[1], embed_dims))
 
-    # (projection, block of C output rows) of q, k, v and g in the released
-    # layouts: Swin ``qkvg``, PVT ``qg`` and ``kv``
-    ROWS = {True: dict(q=('qkvg', 0), k=('qkvg', 1), v=('qkvg', 2),
-                       g=('qkvg', 3)),
-            False: dict(q=('qg', 0), g=('qg', 1), k=('kv', 0), v=('kv', 1))}
+    def project(self, x, hw_shape):
+        """q / s, (k + positional encoding) / s, v and g, each (B, N, C),
+        ``s = softplus(scale)``, from tokens x (B, N, C).
 
-    def _project(self, x, s):
-        """q / s, k / s, v, g: (B, N, C) views of one matrix product, the
-        division by ``s`` (C,) folded into the weights (``x (W / s)^T +
-        b / s``): no (B, N, C) pass, forward or backward, is spent on it."""
-        ws, bs = [], []
-        for name in 'qkvg':
-            layer, part = self.ROWS[self.fused_qkvg][name]
-            layer = getattr(self, layer)
-            rows = slice(part * self.embed_dims, (part + 1) * self.embed_dims)
-            w = layer.weight[rows]
-            b = None if layer.bias is None else layer.bias[rows]
-            if name in 'qk':
-                w = w / s[:, None]
-                b = None if b is None else b / s
-            ws.append(w)
-            bs.append(b)
-        bias = None if bs[0] is None else torch.cat(bs)
-        return F.linear(x, torch.cat(ws), bias).chunk(4, dim=-1)
+        One matrix product; the division by s is folded into its q and k
+        rows (``x (W / s)^T + b / s``), so no (B, N, C) pass, forward or
+        backward, is spent on it.
+        """
+        C = self.embed_dims
+        s = F.softplus(self.scale).view(C)
+        if self.fused_qkvg:  # rows q | k | v | g
+            w, b = self.qkvg.weight, self.qkvg.bias
+        else:  # q | g and k | v -> q | k | v | g
+            w = torch.cat([self.qg.weight[:C], self.kv.weight,
+                           self.qg.weight[C:]])
+            b = None if self.qg.bias is None else torch.cat(
+                [self.qg.bias[:C], self.kv.bias, self.qg.bias[C:]])
+        div = torch.cat([s, s, s.new_ones(2 * C)])
+        q, k, v, g = F.linear(x, w / div[:, None],
+                              None if b is None else b / div).chunk(4, dim=-1)
+        k = k + resize_token_grid(self.positional_encoding, self.pretrain_hw,
+                                  tuple(hw_shape), 'bicubic') / s
+        return q, k, v, g
+
+    def exponent(self):
+        """p = 1 + alpha * sigmoid(power): (1, heads, 1, d)."""
+        return 1 + self.alpha * torch.sigmoid(self.power)
 
     def forward(self, x, hw_shape, key_mask=None):
         B, N, C = x.shape
         H, W = hw_shape
         assert N == H * W, f'{N} tokens do not form a {H}x{W} map'
-        s = F.softplus(self.scale).view(C)
-        q, k, v, g = self._project(x, s)
-        k = k + resize_token_grid(self.positional_encoding, self.pretrain_hw,
-                                  (H, W), 'bicubic') / s
+        q, k, v, g = self.project(x, hw_shape)
         if key_mask is not None:
             v = v * key_mask.reshape(B, N, 1).to(v.dtype)  # nor via dwc
 
         def heads(t):  # (B, N, C) -> (B, heads, N, d), a view
             return t.view(B, N, self.num_heads, -1).transpose(1, 2)
 
-        p = 1 + self.alpha * torch.sigmoid(self.power)
+        p = self.exponent()
         if key_mask is not None:
             key_mask = key_mask.reshape(B, 1, N, 1)
         out = pola_linear_attention(heads(q), heads(k), heads(v), p, key_mask)
