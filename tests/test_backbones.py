@@ -61,11 +61,13 @@ def test_stage_outputs_match_released_code(family):
 @pytest.mark.parametrize('family', ['pvt', 'swin'])
 def test_small_token_blocks_match_released_code(monkeypatch, family):
     """The CPU paths that work on token blocks (the attention core always,
-    the FFN in inference on large maps) give the released numbers with
-    many small, uneven blocks."""
+    Pola blocks in inference row by row, the FFN of the others in inference
+    on large maps) give the released numbers with many small, uneven
+    blocks."""
     import mmpola.models.pola_attention as pa
     from mmpola.models.backbone_utils import PreNormBlock
     monkeypatch.setattr(pa, 'CPU_BLOCK_ELEMENTS', 1)
+    monkeypatch.setattr(pa.PolaAttention, 'CPU_ROW_BLOCK_ELEMENTS', 1)
     monkeypatch.setattr(PreNormBlock, 'CPU_FFN_WHOLE', 0)
     monkeypatch.setattr(PreNormBlock, 'CPU_FFN_BLOCK', 1000)
     fixture = load_fixture(family)
@@ -79,6 +81,82 @@ def test_small_token_blocks_match_released_code(monkeypatch, family):
     for out, ref in zip(outs, fixture['stage_outputs']):
         assert rel_err(out, ref) < 1e-5
     assert len(calls) > 2 * len(blocks)  # the FFNs ran in token blocks
+
+
+@pytest.mark.parametrize('family, B, hw', [('pvt', 2, (11, 7)),
+                                           ('swin', 1, (6, 13)),
+                                           ('swin', 3, (5, 4))])
+def test_row_block_inference_matches_autograd_path(monkeypatch, family, B,
+                                                  hw):
+    """CPU inference of a Pola block in blocks of rows (uneven last block,
+    depthwise-conv halos) equals the path used when gradients are on."""
+    from mmpola.models.pola_attention import PolaAttention
+    from mmpola.models.pola_pvt import PolaPVTBlock
+    from mmpola.models.pola_swin import PolaSwinBlock
+    torch.manual_seed(B)
+    C, heads = 64, 2
+    if family == 'pvt':
+        block = PolaPVTBlock(C, heads, 8, (4, 4))
+    else:
+        block = PolaSwinBlock(C, heads, 'pola', 56, shift=True,
+                              pretrain_hw=(4, 4))
+    with torch.no_grad():
+        for prm in block.parameters():
+            prm.normal_(0, 0.3)
+    block.eval()
+    x = torch.randn(B, hw[0] * hw[1], C)
+    with torch.enable_grad():
+        ref = block(x, hw)
+    # 2 rows per block
+    monkeypatch.setattr(PolaAttention, 'CPU_ROW_BLOCK_ELEMENTS',
+                        2 * 4 * B * C * hw[1])
+    used = []
+    orig = PolaAttention.forward_in_row_blocks
+    monkeypatch.setattr(PolaAttention, 'forward_in_row_blocks',
+                        lambda *a: used.append(1) or orig(*a))
+    with torch.inference_mode():
+        out = block(x, hw)
+    assert used
+    assert rel_err(out, ref) < 1e-5
+    block.train()
+    with torch.no_grad():  # training mode: drop path etc., not row blocks
+        block(x, hw)
+    assert len(used) == 1
+
+
+def test_training_ffn_keeps_one_hidden_map(monkeypatch):
+    """The training FFN (GELU recomputed in backward, in uneven token
+    blocks) gives mmcv FFN's output and gradients and saves only one map of
+    the hidden width."""
+    from mmpola.models.backbone_utils import PreNormBlock
+    from mmpola.models.pola_pvt import PolaPVTBlock
+    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_BLOCK', 7 * 128)
+    torch.manual_seed(0)
+    block = PolaPVTBlock(32, 1, 4, (4, 4)).train()
+    x = torch.randn(2, 45, 32, requires_grad=True)
+    grad_out = torch.randn(2, 45, 32)
+    results = []
+    for fast in (True, False):
+        monkeypatch.setattr(PreNormBlock, '_ffn_saves_hidden_once',
+                            lambda self, x, fast=fast: fast)
+        block.zero_grad()
+        x.grad = None
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = block._norm_ffn(x)
+        (out * grad_out).sum().backward()
+        results.append([out.detach(), x.grad.clone()] + [
+            p.grad.clone() for p in block.ffn.parameters()])
+        results[-1].append(saved.count(2 * 45 * 128))  # hidden maps saved
+    fast, ref = results
+    for a, b in zip(fast[:-1], ref[:-1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert fast[-1] == 1 and ref[-1] >= 2
 
 
 @pytest.mark.parametrize('family', ['pvt', 'swin'])

@@ -3,12 +3,46 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks.transformer import FFN
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, trunc_normal_init
 from mmengine.registry import MODELS
+
+from .pola_attention import PolaAttention
+
+
+class _GeluLinear(torch.autograd.Function):
+    """``F.linear(gelu(h), w, b)`` keeping only h for backward.
+
+    Autograd would keep both h (for the GELU) and gelu(h) (for the linear
+    layer): the FFN's widest map twice. Backward recomputes gelu(h) in
+    token blocks (CPU), so no other map of h's size is allocated.
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, b):
+        ctx.save_for_backward(h, w)
+        ctx.has_bias = b is not None
+        return F.linear(F.gelu(h), w, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, w = ctx.saved_tensors
+        h2 = h.reshape(-1, h.shape[-1])                  # (M, hidden)
+        dy2 = dy.reshape(-1, dy.shape[-1])               # (M, C)
+        dh = torch.empty_like(h2)
+        dw = torch.zeros_like(w)
+        step = (max(1, PreNormBlock.CPU_FFN_BLOCK // h2.shape[1])
+                if h.device.type == 'cpu' else h2.shape[0])
+        for i in range(0, h2.shape[0], step):
+            hb, dyb = h2[i:i + step], dy2[i:i + step]
+            dw.addmm_(dyb.t(), F.gelu(hb))
+            dh[i:i + step] = torch.ops.aten.gelu_backward(dyb @ w, hb)
+        db = dy2.sum(0) if ctx.has_bias else None
+        return dh.view_as(h), dw, db
 
 
 class PreNormBlock(BaseModule):
@@ -48,9 +82,25 @@ class PreNormBlock(BaseModule):
     def _attention(self, x, hw_shape):
         return self.attn(x, hw_shape)
 
+    def _ffn_saves_hidden_once(self, x):
+        """Whether the training FFN can use :class:`_GeluLinear`: exact
+        GELU, no dropout, no layer scale, no autocast."""
+        ffn = self.ffn
+        if ffn.num_fcs != 2 or not isinstance(ffn.gamma2, nn.Identity):
+            return False
+        (_, act, drop1), _, drop2 = ffn.layers
+        return (isinstance(act, nn.GELU) and act.approximate == 'none'
+                and drop1.p == 0 and drop2.p == 0
+                and not torch.is_autocast_enabled(x.device.type))
+
     def _norm_ffn(self, x):
         """x + FFN(norm2(x)): (B, N, C) -> (B, N, C)."""
         B, N, C = x.shape
+        if torch.is_grad_enabled() and self._ffn_saves_hidden_once(x):
+            (fc1, _, _), fc2, _ = self.ffn.layers
+            h = fc1(self.norm2(x))
+            return x + self.ffn.dropout_layer(
+                _GeluLinear.apply(h, fc2.weight, fc2.bias))
         hidden = B * self.ffn.feedforward_channels
         step = max(1, self.CPU_FFN_BLOCK // hidden)
         if (torch.is_grad_enabled() or x.device.type != 'cpu'
@@ -62,7 +112,25 @@ class PreNormBlock(BaseModule):
             out[:, i:i + step] = self.ffn(self.norm2(xb), identity=xb)
         return out
 
+    def _is_global(self, hw_shape):
+        """Whether ``self.attn`` sees the whole map (not windows of it)."""
+        return True
+
+    def _residual_ffn(self, x, a):
+        """Inference tail of the block on rows: x + a, then the FFN half."""
+        x = a.add_(x)
+        return self.ffn(self.norm2(x), identity=x)
+
     def forward(self, x, hw_shape):
+        if (not torch.is_grad_enabled() and not self.training
+                and x.device.type == 'cpu'
+                and not torch.is_autocast_enabled('cpu')
+                and isinstance(self.attn, PolaAttention)
+                and self._is_global(hw_shape)):
+            # the whole block in blocks of rows (same numbers, no large
+            # intermediate buffers)
+            return self.attn.forward_in_row_blocks(
+                x, hw_shape, self.norm1, self._residual_ffn)
 
         def _inner(x):
             a = self.drop_path(self._attention(self.norm1(x), hw_shape))

@@ -111,6 +111,26 @@ def _key_features(k, p, key_mask, blk):
     return kf
 
 
+def _add_key_sums(m, kf, v):
+    """Accumulate a block of keys: ``m (B, h, 2d, d+1) += kf^T [v, 1]``,
+    kf (B, h, T, 2d) its key features, v (B, h, T, d)."""
+    d = v.shape[-1]
+    m[..., :d].add_(kf.transpose(-2, -1) @ v)
+    m[..., d].add_(kf.sum(dim=-2))
+
+
+def _query_output(qf, w, out):
+    """``[x_sim, x_opp]`` of a block of queries into ``out`` (B, h, T, d):
+    one product of its features qf (B, h, T, 2d) with W (B, h, 2d, d+2),
+    then the two normalisations."""
+    half = out.shape[-1] // 2
+    o = qf @ w
+    o[..., half].add_(EPS)
+    o[..., -1].add_(EPS)
+    torch.div(o[..., :half], o[..., half:half + 1], out=out[..., :half])
+    torch.div(o[..., half + 1:-1], o[..., -1:], out=out[..., half:])
+
+
 class _PolaCore(torch.autograd.Function):
     """Regrouped released arithmetic, blocked over tokens, with a
     hand-written backward.
@@ -131,20 +151,14 @@ class _PolaCore(torch.autograd.Function):
             n = key_mask.sum(dim=-2, keepdim=True).clamp_(min=1)
         m = v.new_zeros(B, h, 2 * d, d + 1)        # [k+; k-]^T [v, 1]
         for blk in _token_blocks(k):
-            kf = _key_features(k, p, key_mask, blk)        # (B, h, T, 2d)
-            m[..., :d].add_(kf.transpose(-2, -1) @ v[..., blk, :])
-            m[..., d].add_(kf.sum(dim=-2))
+            _add_key_sums(m, _key_features(k, p, key_mask, blk),
+                          v[..., blk, :])
         w = _w_from_key_sums(m.div_(n), half)             # (B, h, 2d, d+2)
         buf = v.new_empty(B, N, h, d)              # (B, N, C) memory order
         x = buf.transpose(1, 2)
         for blk in _token_blocks(q):
-            out = polarity_features(q[..., blk, :], p) @ w
-            out[..., half].add_(EPS)
-            out[..., -1].add_(EPS)
-            xb = x[..., blk, :]
-            torch.div(out[..., :half], out[..., half:half + 1],
-                      out=xb[..., :half])
-            torch.div(out[..., half + 1:-1], out[..., -1:], out=xb[..., half:])
+            _query_output(polarity_features(q[..., blk, :], p), w,
+                          x[..., blk, :])
         ctx.save_for_backward(q, k, v, p, w,
                               key_mask if key_mask is not None else m[:0])
         ctx.n, ctx.half = n, half
@@ -348,14 +362,9 @@ class PolaAttention(BaseModule):
         self.positional_encoding = nn.Parameter(
             torch.zeros(1, pretrain_hw[0] * pretrain_hw[1], embed_dims))
 
-    def project(self, x, hw_shape):
-        """q / s, (k + positional encoding) / s, v and g, each (B, N, C),
-        ``s = softplus(scale)``, from tokens x (B, N, C).
-
-        One matrix product; the division by s is folded into its q and k
-        rows (``x (W / s)^T + b / s``), so no (B, N, C) pass, forward or
-        backward, is spent on it.
-        """
+    def _projection(self):
+        """Weight (4C, C) and bias of the q | k | v | g projection with the
+        q and k rows divided by ``s = softplus(scale)``, and s (C,)."""
         C = self.embed_dims
         s = F.softplus(self.scale).view(C)
         if self.fused_qkvg:  # rows q | k | v | g
@@ -366,11 +375,30 @@ class PolaAttention(BaseModule):
             b = None if self.qg.bias is None else torch.cat(
                 [self.qg.bias[:C], self.kv.bias, self.qg.bias[C:]])
         div = torch.cat([s, s, s.new_ones(2 * C)])
-        q, k, v, g = F.linear(x, w / div[:, None],
-                              None if b is None else b / div).chunk(4, dim=-1)
-        k = k + resize_token_grid(self.positional_encoding, self.pretrain_hw,
-                                  tuple(hw_shape), 'bicubic') / s
-        return q, k, v, g
+        return w / div[:, None], None if b is None else b / div, s
+
+    def _key_encoding(self, hw_shape, s):
+        """Positional encoding resized to the map, divided by s: (1, N, C)."""
+        return resize_token_grid(self.positional_encoding, self.pretrain_hw,
+                                 tuple(hw_shape), 'bicubic') / s
+
+    def project(self, x, hw_shape):
+        """q / s, (k + positional encoding) / s, v and g, each (B, N, C),
+        ``s = softplus(scale)``, from tokens x (B, N, C).
+
+        One matrix product; the division by s is folded into its q and k
+        rows (``x (W / s)^T + b / s``), so no (B, N, C) pass, forward or
+        backward, is spent on it.
+        """
+        w, b, s = self._projection()
+        q, k, v, g = F.linear(x, w, b).chunk(4, dim=-1)
+        return q, k + self._key_encoding(hw_shape, s), v, g
+
+    def _dwc_params(self):
+        """The shared depthwise kernel repeated for every head: (C, 1, k, k)
+        weight and (C,) bias."""
+        return (self.dwc.weight.repeat(self.num_heads, 1, 1, 1),
+                self.dwc.bias.repeat(self.num_heads))
 
     def exponent(self):
         """p = 1 + alpha * sigmoid(power): (1, heads, 1, d)."""
@@ -395,12 +423,84 @@ class PolaAttention(BaseModule):
         # one kernel set for all heads: a C-channel depthwise conv on v as
         # a channels-last map (its memory is v's (B, N, C): no permute)
         v_map = v.view(B, H, W, C).permute(0, 3, 1, 2)
-        dwc = depthwise_conv(v_map,
-                             self.dwc.weight.repeat(self.num_heads, 1, 1, 1),
-                             self.dwc.bias.repeat(self.num_heads))
+        dwc = depthwise_conv(v_map, *self._dwc_params())
         dwc = dwc.permute(0, 2, 3, 1).reshape(B, N, C)
         if torch.is_grad_enabled():
             out = (out + dwc) * g
         else:  # inference: in place, no new (B, N, C) buffers
             out = out.add_(dwc).mul_(g)
         return self.proj_drop(self.proj(out))
+
+    # forward_in_row_blocks: tokens per block, about this many elements of
+    # the widest per-block buffer (the 4C projection or the FFN) over B*4C
+    CPU_ROW_BLOCK_ELEMENTS = 1 << 21
+
+    @torch.no_grad()
+    def forward_in_row_blocks(self, x, hw_shape, norm, epilogue):
+        """Inference of ``epilogue(x, self(norm(x), hw_shape))``, row-wise.
+
+        The same arithmetic as :meth:`forward` without a key mask, run over
+        blocks of whole image rows so that only v and the result are
+        allocated for the whole map (fresh large buffers cost page faults
+        on the CPU; per-block ones are reused and stay in cache). Two
+        passes: keys and values (the key sums M, v kept for the depthwise
+        conv), then per block the queries, the conv of its rows (with a
+        halo of k // 2 rows), the gate, ``proj`` and ``epilogue``, which
+        must be row-wise (e.g. the residual and the FFN).
+
+        Args:
+            x (Tensor): (B, N, C) tokens of an (H, W) map.
+            hw_shape (tuple): (H, W).
+            norm (callable): row-wise map applied to x before the attention.
+            epilogue (callable): ``(x rows (B, T, C), attention of those
+                rows (B, T, C), may be modified in place) -> (B, T, C)``.
+
+        Returns:
+            Tensor: (B, N, C).
+        """
+        B, N, C = x.shape
+        H, W = hw_shape
+        assert N == H * W, f'{N} tokens do not form a {H}x{W} map'
+        h, d = self.num_heads, self.head_dims
+        rows = max(1, self.CPU_ROW_BLOCK_ELEMENTS // (4 * B * C * W))
+        blocks = [(r, min(r + rows, H)) for r in range(0, H, rows)]
+
+        def heads(t):  # (B, T, C) -> (B, h, T, d), a view
+            return t.view(B, -1, h, d).transpose(1, 2)
+
+        w, b, s = self._projection()
+        w_qg, w_kv = torch.cat([w[:C], w[3 * C:]]), w[C:3 * C]
+        b_qg, b_kv = ((None, None) if b is None else
+                      (torch.cat([b[:C], b[3 * C:]]), b[C:3 * C]))
+        k_enc = self._key_encoding(hw_shape, s)
+        p = self.exponent()
+        v = x.new_empty(B, N, C)
+        m = x.new_zeros(B, h, 2 * d, d + 1)
+        for r0, r1 in blocks:
+            blk = slice(r0 * W, r1 * W)
+            kv = F.linear(norm(x[:, blk]), w_kv, b_kv)        # (B, T, 2C)
+            k = kv[..., :C].add_(k_enc[:, blk])
+            v[:, blk] = kv[..., C:]
+            _add_key_sums(m, polarity_features(heads(k), p),
+                          heads(kv[..., C:]))
+        w_att = _w_from_key_sums(m.div_(N), d // 2)
+
+        out = torch.empty_like(x)
+        v_map = v.view(B, H, W, C).permute(0, 3, 1, 2)
+        dwc_w, dwc_b = self._dwc_params()
+        pad = dwc_w.shape[-1] // 2
+        for r0, r1 in blocks:
+            blk = slice(r0 * W, r1 * W)
+            xb = x[:, blk]
+            qg = F.linear(norm(xb), w_qg, b_qg)                # (B, T, 2C)
+            a = x.new_empty(B, r1 - r0, W, C)
+            _query_output(polarity_features(heads(qg[..., :C]), p), w_att,
+                          heads(a.view(B, -1, C)))
+            # rows r0..r1 of the conv need v's rows r0 - pad .. r1 + pad
+            lo, hi = max(0, r0 - pad), min(H, r1 + pad)
+            dwc = F.conv2d(v_map[:, :, lo:hi], dwc_w, dwc_b, padding=pad,
+                           groups=C)[:, :, r0 - lo:r1 - lo]
+            a.add_(dwc.permute(0, 2, 3, 1))
+            a = a.view(B, -1, C).mul_(qg[..., C:])
+            out[:, blk] = epilogue(xb, self.proj_drop(self.proj(a)))
+        return out

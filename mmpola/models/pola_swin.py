@@ -57,11 +57,14 @@ class PolaSwinBlock(PreNormBlock):
                 embed_dims, num_heads, pretrain_hw, fused_qkvg=True,
                 proj_drop=drop_rate)
 
+    def _is_global(self, hw_shape):
+        return self.attn_type == 'pola' and (
+            self.pola_attn_mode == 'global' or max(hw_shape) <= self.window_size)
+
     def _attention(self, x, hw_shape):
         H, W = hw_shape
         ws = self.window_size
-        if self.attn_type == 'pola' and (self.pola_attn_mode == 'global'
-                                         or max(H, W) <= ws):
+        if self._is_global(hw_shape):
             return self.attn(x, hw_shape)
         shift = ws // 2 if self.shift and min(H, W) > ws else 0
 
