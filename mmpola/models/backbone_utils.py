@@ -122,10 +122,8 @@ class PreNormBlock(BaseModule):
         return self.ffn(self.norm2(x), identity=x)
 
     def forward(self, x, hw_shape):
-        if (not torch.is_grad_enabled() and not self.training
-                and x.device.type == 'cpu'
-                and not torch.is_autocast_enabled('cpu')
-                and isinstance(self.attn, PolaAttention)
+        if (not self.training and isinstance(self.attn, PolaAttention)
+                and self.attn.row_blocks_apply(x)
                 and self._is_global(hw_shape)):
             # the whole block in blocks of rows (same numbers, no large
             # intermediate buffers)

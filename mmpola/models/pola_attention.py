@@ -435,6 +435,16 @@ class PolaAttention(BaseModule):
     # the widest per-block buffer (the 4C projection or the FFN) over B*4C
     CPU_ROW_BLOCK_ELEMENTS = 1 << 21
 
+    def row_blocks_apply(self, x):
+        """Whether :meth:`forward_in_row_blocks` may stand in for
+        :meth:`forward`: CPU, no gradient, no autocast, and nothing
+        observing this module (hooks, tracing) that expects its forward."""
+        return (x.device.type == 'cpu' and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled('cpu')
+                and not self._forward_hooks and not self._forward_pre_hooks
+                and not torch.jit.is_tracing()
+                and not torch.jit.is_scripting())
+
     @torch.no_grad()
     def forward_in_row_blocks(self, x, hw_shape, norm, epilogue):
         """Inference of ``epilogue(x, self(norm(x), hw_shape))``, row-wise.

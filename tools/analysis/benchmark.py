@@ -51,7 +51,12 @@ import sys
 import time
 import warnings
 
-import torch
+# Large CPU buffers on transparent huge pages (read by PyTorch's CPU
+# allocator at its first allocation, so before importing torch); set
+# THP_MEM_ALLOC_ENABLE=0 to opt out.
+os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+
+import torch  # noqa: E402
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
@@ -399,7 +404,8 @@ def limit_memory(gb):
 def environment(device):
     info = dict(torch=torch.__version__, device=device,
                 threads=torch.get_num_threads(), cpus=os.cpu_count(),
-                python=platform.python_version())
+                python=platform.python_version(),
+                thp_alloc=os.environ.get('THP_MEM_ALLOC_ENABLE'))
     if device != 'cpu':
         info['gpu'] = torch.cuda.get_device_name(device)
     try:
