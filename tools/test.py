@@ -8,15 +8,8 @@ directory of predicted label maps. ``--show-dir``: painted predictions.
 Multi-process: ``tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [args]``.
 """
 import argparse
-import os
 
-# Large CPU buffers on transparent huge pages (read by PyTorch's CPU
-# allocator at its first allocation, so before importing torch); set
-# THP_MEM_ALLOC_ENABLE=0 to opt out.
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
-
-from mmpola.utils.launch import (add_common_args, build_runner,  # noqa: E402
-                                 load_config)
+from mmpola.utils.launch import add_common_args, build_runner, load_config
 
 
 def parse_args():

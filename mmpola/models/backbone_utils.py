@@ -49,7 +49,10 @@ class PreNormBlock(BaseModule):
     """``x + drop_path(attention(norm1(x)))``, then the same with the FFN.
 
     Subclasses add ``self.attn`` and may override ``_attention`` (e.g. to
-    run it in shifted windows). ``with_cp`` checkpoints the whole block.
+    run it in shifted windows; then also ``_is_global``). ``with_cp``
+    checkpoints the whole block. CPU inference of a global Pola block runs
+    in blocks of image rows (``PolaAttention.forward_in_row_blocks``);
+    training keeps the FFN's hidden map once (:class:`_GeluLinear`).
 
     Shapes:
         forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).

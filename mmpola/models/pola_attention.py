@@ -19,7 +19,9 @@ row halves of M, so both products and both normalisers come out of a single
 ``q_sim @ W`` with ``W`` (2d, d + 2) built from ``k'^T [v, 1] / n``.
 On the CPU the tokens go through in cache-sized blocks (the 2d-wide features
 never exist for the whole sequence); the backward keeps only q, k, v and W
-and recomputes the features block by block.
+and recomputes the features block by block. CPU inference of a whole block
+(norm, attention, residual, FFN) can run over blocks of image rows
+(``PolaAttention.forward_in_row_blocks``) with the same arithmetic.
 """
 from typing import Optional, Tuple
 

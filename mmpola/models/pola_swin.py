@@ -59,7 +59,8 @@ class PolaSwinBlock(PreNormBlock):
 
     def _is_global(self, hw_shape):
         return self.attn_type == 'pola' and (
-            self.pola_attn_mode == 'global' or max(hw_shape) <= self.window_size)
+            self.pola_attn_mode == 'global'
+            or max(hw_shape) <= self.window_size)
 
     def _attention(self, x, hw_shape):
         H, W = hw_shape

@@ -51,12 +51,7 @@ import sys
 import time
 import warnings
 
-# Large CPU buffers on transparent huge pages (read by PyTorch's CPU
-# allocator at its first allocation, so before importing torch); set
-# THP_MEM_ALLOC_ENABLE=0 to opt out.
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
-
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
