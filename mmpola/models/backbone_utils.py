@@ -31,18 +31,21 @@ class _GeluLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         h, w = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad
         h2 = h.reshape(-1, h.shape[-1])                  # (M, hidden)
         dy2 = dy.reshape(-1, dy.shape[-1])               # (M, C)
-        dh = torch.empty_like(h2)
-        dw = torch.zeros_like(w)
+        dh = torch.empty_like(h2) if need_h else None
+        dw = torch.zeros_like(w) if need_w else None     # frozen: skipped
         step = (max(1, PreNormBlock.CPU_FFN_BLOCK // h2.shape[1])
                 if h.device.type == 'cpu' else h2.shape[0])
         for i in range(0, h2.shape[0], step):
             hb, dyb = h2[i:i + step], dy2[i:i + step]
-            dw.addmm_(dyb.t(), F.gelu(hb))
-            dh[i:i + step] = torch.ops.aten.gelu_backward(dyb @ w, hb)
-        db = dy2.sum(0) if ctx.has_bias else None
-        return dh.view_as(h), dw, db
+            if need_w:
+                dw.addmm_(dyb.t(), F.gelu(hb))
+            if need_h:
+                dh[i:i + step] = torch.ops.aten.gelu_backward(dyb @ w, hb)
+        db = dy2.sum(0) if ctx.has_bias and need_b else None
+        return None if dh is None else dh.view_as(h), dw, db
 
 
 class PreNormBlock(BaseModule):

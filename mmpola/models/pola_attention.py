@@ -433,8 +433,8 @@ class PolaAttention(BaseModule):
             out = out.add_(dwc).mul_(g)
         return self.proj_drop(self.proj(out))
 
-    # forward_in_row_blocks: tokens per block, about this many elements of
-    # the widest per-block buffer (the 4C projection or the FFN) over B*4C
+    # forward_in_row_blocks: whole rows per block, so that its (B, T, 4C)
+    # projection has about this many elements
     CPU_ROW_BLOCK_ELEMENTS = 1 << 21
 
     def row_blocks_apply(self, x):
