@@ -113,15 +113,73 @@ def test_row_block_inference_matches_autograd_path(monkeypatch, family, B,
     used = []
     orig = PolaAttention.forward_in_row_blocks
     monkeypatch.setattr(PolaAttention, 'forward_in_row_blocks',
-                        lambda *a: used.append(1) or orig(*a))
+                        lambda *a, **k: used.append(1) or orig(*a, **k))
     with torch.inference_mode():
         out = block(x, hw)
-    assert used
+        # written over its input (as run_blocks does within a stage)
+        x_over = x.clone()
+        out_over = block(x_over, hw, inplace=True)
+    assert len(used) == 2
     assert rel_err(out, ref) < 1e-5
+    assert out_over.data_ptr() == x_over.data_ptr()
+    assert torch.equal(out_over, out)
     block.train()
     with torch.no_grad():  # training mode: drop path etc., not row blocks
         block(x, hw)
-    assert len(used) == 1
+    assert len(used) == 2
+
+
+@pytest.mark.parametrize('hooked', [False, True])
+def test_blocks_overwrite_only_unobserved_inputs(hooked):
+    """Within a stage, CPU inference writes a block's output over its
+    input (the previous block's output) unless a hook may hold it."""
+    from mmpola.models.backbone_utils import run_blocks
+    from mmpola.models.pola_pvt import PolaPVTBlock
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(
+        [PolaPVTBlock(16, 2, 2, (4, 4)) for _ in range(3)]).eval()
+    seen = []
+    if hooked:
+        blocks[0].register_forward_hook(
+            lambda m, a, out: seen.append((out, out.clone())))
+    x = torch.randn(1, 30, 16)
+    with torch.no_grad():
+        ref = x.clone()
+        for block in blocks:
+            ref = block(ref, (5, 6))
+        x_in = x.clone()
+        out = run_blocks(blocks, x_in, (5, 6))
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert torch.equal(x_in, x)  # the stage input is never overwritten
+    if hooked:
+        held, copy = seen[-1]
+        assert torch.equal(held, copy)
+        assert out.data_ptr() != held.data_ptr()
+
+
+@pytest.mark.parametrize('hw', [(10, 14), (7, 9), (1, 3)])
+def test_token_patch_merging_matches_mmcv(hw):
+    """The token-layout PatchMerging gives mmcv's outputs and gradients
+    (odd sizes: corner padding) with the same parameters."""
+    from mmcv.cnn.bricks.transformer import PatchMerging
+    from mmpola.models.pola_swin import TokenPatchMerging
+    torch.manual_seed(0)
+    ref, fast = PatchMerging(8, 16), TokenPatchMerging(8, 16)
+    with torch.no_grad():
+        for prm in ref.parameters():
+            prm.normal_()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, hw[0] * hw[1], 8, requires_grad=True)
+    results = []
+    for m in (ref, fast):
+        y, out_hw = m(x, hw)
+        grads = torch.autograd.grad((y * y).sum(), [x, *m.parameters()])
+        results.append((y, out_hw, grads))
+    (y0, hw0, g0), (y1, hw1, g1) = results
+    assert hw0 == hw1
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
 def test_training_ffn_keeps_one_hidden_map(monkeypatch):

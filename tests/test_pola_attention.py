@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from mmpola.models.pola_attention import PolaAttention, pola_linear_attention
+from mmpola.models.pola_attention import (PolaAttention,
+                                          pola_linear_attention,
+                                          token_grid_rows)
 from reference_pola import released_pola_attention, released_pola_core
 
 
@@ -168,3 +170,20 @@ def test_depthwise_conv_backward():
     out = _DepthwiseConvCPU.apply(*args)
     ref = torch.nn.functional.conv2d(x, w, b, padding=2, groups=6)
     torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize('mode', ['bilinear', 'bicubic'])
+@pytest.mark.parametrize('dst', [(9, 4), (5, 11), (5, 7)])
+def test_token_grid_rows_equal_interpolate(mode, dst):
+    """Rows of the resized positional grid, whole or a slice at a time,
+    equal F.interpolate's."""
+    torch.manual_seed(0)
+    tokens = torch.randn(1, 5 * 7, 6)
+    grid = tokens.view(1, 5, 7, 6).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(grid, size=dst, mode=mode,
+                                          align_corners=False)
+    ref = ref.flatten(2).transpose(1, 2)
+    rows = token_grid_rows(tokens, (5, 7), dst, mode)
+    torch.testing.assert_close(rows(slice(None)), ref)
+    W = dst[1]
+    torch.testing.assert_close(rows(slice(2, 4)), ref[:, 2 * W:4 * W])

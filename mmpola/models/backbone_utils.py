@@ -127,14 +127,17 @@ class PreNormBlock(BaseModule):
         x = a.add_(x)
         return self.ffn(self.norm2(x), identity=x)
 
-    def forward(self, x, hw_shape):
+    def forward(self, x, hw_shape, inplace=False):
+        """``inplace``: x may be overwritten with the output (used by CPU
+        inference, see :func:`run_blocks`)."""
         if (not self.training and isinstance(self.attn, PolaAttention)
                 and self.attn.row_blocks_apply(x)
                 and self._is_global(hw_shape)):
             # the whole block in blocks of rows (same numbers, no large
             # intermediate buffers)
             return self.attn.forward_in_row_blocks(
-                x, hw_shape, self.norm1, self._residual_ffn)
+                x, hw_shape, self.norm1, self._residual_ffn,
+                out=x if inplace else None)
 
         def _inner(x):
             a = self.drop_path(self._attention(self.norm1(x), hw_shape))
@@ -146,6 +149,21 @@ class PreNormBlock(BaseModule):
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(_inner, x, use_reentrant=False)
         return _inner(x)
+
+
+def run_blocks(blocks, x, hw_shape):
+    """x (B, H*W, C) through ``blocks`` (:class:`PreNormBlock`) in turn.
+
+    A block may write its output over its input when that input is the
+    previous block's output and no forward hook can hold it.
+    """
+    # hooks registered for every module (unknown: assume some)
+    global_hooks = getattr(nn.modules.module, '_global_forward_hooks', True)
+    for i, block in enumerate(blocks):
+        inplace = (i > 0 and not blocks[i - 1]._forward_hooks
+                   and not global_hooks)
+        x = block(x, hw_shape, inplace=inplace)
+    return x
 
 
 class DenseBackboneMixin:

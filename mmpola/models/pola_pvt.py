@@ -5,7 +5,7 @@ from mmcv.cnn.bricks.transformer import PatchEmbed
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
-from .backbone_utils import DenseBackboneMixin, PreNormBlock
+from .backbone_utils import DenseBackboneMixin, PreNormBlock, run_blocks
 from .pola_attention import PolaAttention, resize_token_grid
 
 
@@ -146,8 +146,7 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
             pos = resize_token_grid(getattr(self, f'pos_embed{i + 1}'),
                                     self.pretrain_grids[i], hw, 'bilinear')
             x = self.pos_drop(x + pos)
-            for block in getattr(self, f'block{i + 1}'):
-                x = block(x, hw)
+            x = run_blocks(getattr(self, f'block{i + 1}'), x, hw)
             if i in self.out_indices:
                 outs.append(self.format_output(i, x, hw))
             x = self.tokens_to_map(x, hw)

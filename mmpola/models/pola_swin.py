@@ -2,13 +2,15 @@
 from typing import Sequence
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn.bricks.transformer import PatchEmbed, PatchMerging
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 from mmengine.utils import to_2tuple
 from mmpretrain.models.utils import WindowMSA
 
-from .backbone_utils import DenseBackboneMixin, PreNormBlock
+from .backbone_utils import DenseBackboneMixin, PreNormBlock, run_blocks
 from .pola_attention import PolaAttention
 from .windows import PAD_LABEL, shifted_window_attention
 
@@ -88,6 +90,51 @@ class PolaSwinBlock(PreNormBlock):
         return shifted_window_attention(x, hw_shape, ws, shift, attend)
 
 
+class TokenPatchMerging(PatchMerging):
+    """mmcv's ``PatchMerging`` (same parameters and numbers) that gathers
+    2x2 neighbourhoods from the token layout with one copy, instead of a
+    channels-first map and ``nn.Unfold``; its norm and reduction weights
+    are permuted to that channel order (mmcv's is (C, 2, 2), this one
+    (2, 2, C)). Other settings than 2x2 / stride 2 / corner padding /
+    LayerNorm run mmcv's forward.
+
+    Shapes:
+        forward(x (B, H*W, C), (H, W)) ->
+        ((B, ceil(H/2) * ceil(W/2), C_out), (ceil(H/2), ceil(W/2))).
+    """
+
+    def _is_2x2(self):
+        s = self.sampler
+        pad = self.adaptive_padding
+        return (s.kernel_size == (2, 2) and s.stride == (2, 2)
+                and s.dilation == (1, 1) and s.padding == (0, 0)
+                and (pad is None or pad.padding == 'corner')
+                and (self.norm is None or type(self.norm) is nn.LayerNorm))
+
+    def forward(self, x, input_size):
+        if not self._is_2x2():
+            return super().forward(x, input_size)
+        B, L, C = x.shape
+        H, W = input_size
+        assert L == H * W, f'{L} tokens do not form a {H}x{W} map'
+        x = x.view(B, H, W, C)
+        if (H % 2 or W % 2) and self.adaptive_padding is not None:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        h, w = x.shape[1] // 2, x.shape[2] // 2
+        x = x[:, :2 * h, :2 * w].reshape(B, h, 2, w, 2, C).permute(
+            0, 1, 3, 2, 4, 5).reshape(B, h * w, 4 * C)
+
+        def to_token_order(t):  # (..., C * 4) -> (..., 4 * C)
+            return t.unflatten(-1, (C, 4)).transpose(-1, -2).flatten(-2)
+
+        if self.norm is not None:
+            x = F.layer_norm(x, (4 * C, ), to_token_order(self.norm.weight),
+                             to_token_order(self.norm.bias), self.norm.eps)
+        x = F.linear(x, to_token_order(self.reduction.weight),
+                     self.reduction.bias)
+        return x, (h, w)
+
+
 class PolaSwinStage(BaseModule):
     """``depth`` blocks (odd ones shifted), then optional PatchMerging.
 
@@ -111,13 +158,12 @@ class PolaSwinStage(BaseModule):
                           with_cp=with_cp, norm_cfg=norm_cfg)
             for i in range(depth)
         ])
-        self.downsample = PatchMerging(
+        self.downsample = TokenPatchMerging(
             embed_dims, 2 * embed_dims,
             norm_cfg=norm_cfg) if downsample else None
 
     def forward(self, x, hw_shape):
-        for block in self.blocks:
-            x = block(x, hw_shape)
+        x = run_blocks(self.blocks, x, hw_shape)
         if self.downsample is None:
             return x, hw_shape, x, hw_shape
         x_down, down_hw = self.downsample(x, hw_shape)
