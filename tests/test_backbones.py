@@ -129,6 +129,48 @@ def test_row_block_inference_matches_autograd_path(monkeypatch, family, B,
     assert len(used) == 2
 
 
+@pytest.mark.parametrize('attn_type, B, hw, shift', [
+    ('softmax', 1, (10, 13), True), ('softmax', 2, (9, 16), True),
+    ('softmax', 2, (8, 12), False), ('pola', 2, (10, 13), True),
+    ('pola', 1, (9, 16), False)])
+def test_window_band_inference_matches_autograd_path(monkeypatch, attn_type,
+                                                     B, hw, shift):
+    """CPU inference of window blocks in bands of window rows (shift across
+    the band edges, padding, uneven last band) equals the path used when
+    gradients are on, also when written over its input."""
+    import mmpola.models.windows as windows
+    from mmpola.models.pola_swin import PolaSwinBlock
+    torch.manual_seed(B)
+    C, heads, ws = 32, 2, 4
+    block = PolaSwinBlock(C, heads, attn_type, ws, shift=shift,
+                          pretrain_hw=(4, 4), pola_attn_mode='window')
+    with torch.no_grad():
+        for prm in block.parameters():
+            prm.normal_(0, 0.3)
+    block.eval()
+    x = torch.randn(B, hw[0] * hw[1], C)
+    with torch.enable_grad():
+        ref = block(x, hw)
+    rows_per_band = 2  # window rows; 3 bands, the last one shorter
+    monkeypatch.setattr(PolaSwinBlock, 'CPU_BAND_ELEMENTS',
+                        rows_per_band * 4 * B * C * ws * 16)
+    bands = []
+    orig = windows.window_partition
+    monkeypatch.setattr(windows, 'window_partition',
+                        lambda t, s: t.shape[-1] == C and bands.append(
+                            t.shape[1]) or orig(t, s))
+    with torch.inference_mode():
+        out = block(x, hw)
+        x_over = x.clone()
+        out_over = block(x_over, hw, inplace=True)
+    Hp = -(-hw[0] // ws) * ws
+    rows = [min(8, Hp - r) for r in range(0, Hp, 8)]  # per band
+    assert bands == rows * 2 and len(rows) >= 2 - (Hp == 8)
+    assert rel_err(out, ref) < 1e-5
+    assert out_over.data_ptr() == x_over.data_ptr()
+    assert torch.equal(out_over, out)
+
+
 @pytest.mark.parametrize('hooked', [False, True])
 def test_blocks_overwrite_only_unobserved_inputs(hooked):
     """Within a stage, CPU inference writes a block's output over its

@@ -337,6 +337,17 @@ def resize_token_grid(tokens: torch.Tensor, src_hw: Tuple[int, int],
     return token_grid_rows(tokens, src_hw, dst_hw, mode)(slice(None))
 
 
+def cpu_inference_in_parts(x: torch.Tensor, module: nn.Module) -> bool:
+    """Whether CPU inference may compute ``module``'s result in parts of
+    the token map instead of calling its forward: CPU, no gradient, no
+    autocast, and nothing that observes the module (forward hooks, e.g.
+    of the attention-map tool; tracing, e.g. of the FLOP counter)."""
+    return (x.device.type == 'cpu' and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled('cpu')
+            and not module._forward_hooks and not module._forward_pre_hooks
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+
+
 class PolaAttention(BaseModule):
     """Polarity-aware linear attention with the released parameter layout.
 
@@ -468,13 +479,8 @@ class PolaAttention(BaseModule):
 
     def row_blocks_apply(self, x):
         """Whether :meth:`forward_in_row_blocks` may stand in for
-        :meth:`forward`: CPU, no gradient, no autocast, and nothing
-        observing this module (hooks, tracing) that expects its forward."""
-        return (x.device.type == 'cpu' and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled('cpu')
-                and not self._forward_hooks and not self._forward_pre_hooks
-                and not torch.jit.is_tracing()
-                and not torch.jit.is_scripting())
+        :meth:`forward` (:func:`cpu_inference_in_parts`)."""
+        return cpu_inference_in_parts(x, self)
 
     @torch.no_grad()
     def forward_in_row_blocks(self, x, hw_shape, norm, epilogue, out=None):

@@ -11,8 +11,9 @@ from mmengine.utils import to_2tuple
 from mmpretrain.models.utils import WindowMSA
 
 from .backbone_utils import DenseBackboneMixin, PreNormBlock, run_blocks
-from .pola_attention import PolaAttention
-from .windows import PAD_LABEL, shifted_window_attention
+from .pola_attention import PolaAttention, cpu_inference_in_parts
+from .windows import (PAD_LABEL, shifted_window_attention,
+                      shifted_window_bands)
 
 
 class PolaSwinBlock(PreNormBlock):
@@ -64,13 +65,18 @@ class PolaSwinBlock(PreNormBlock):
             self.pola_attn_mode == 'global'
             or max(hw_shape) <= self.window_size)
 
-    def _attention(self, x, hw_shape):
-        H, W = hw_shape
-        ws = self.window_size
-        if self._is_global(hw_shape):
-            return self.attn(x, hw_shape)
-        shift = ws // 2 if self.shift and min(H, W) > ws else 0
+    # CPU inference of window blocks: bands of window rows whose (tokens,
+    # 4C) maps have about this many elements
+    CPU_BAND_ELEMENTS = 1 << 21
 
+    def _shift(self, hw_shape):
+        ws = self.window_size
+        return ws // 2 if self.shift and min(hw_shape) > ws else 0
+
+    def _window_attend(self):
+        """``attend(windows (B*nW, ws*ws, C), labels (nW, ws*ws) or None)``
+        for :func:`shifted_window_attention`."""
+        ws = self.window_size
         if self.attn_type == 'softmax':
             def attend(windows, labels):
                 mask = None
@@ -87,7 +93,25 @@ class PolaSwinBlock(PreNormBlock):
                     key_mask = (labels != PAD_LABEL).repeat(
                         windows.shape[0] // labels.shape[0], 1)
                 return self.attn(windows, (ws, ws), key_mask)
-        return shifted_window_attention(x, hw_shape, ws, shift, attend)
+        return attend
+
+    def _attention(self, x, hw_shape):
+        if self._is_global(hw_shape):
+            return self.attn(x, hw_shape)
+        return shifted_window_attention(x, hw_shape, self.window_size,
+                                        self._shift(hw_shape),
+                                        self._window_attend())
+
+    def forward(self, x, hw_shape, inplace=False):
+        if (not self.training and not self._is_global(hw_shape)
+                and cpu_inference_in_parts(x, self.attn)):
+            # window blocks in bands of window rows (same numbers, no
+            # large intermediate buffers)
+            return shifted_window_bands(
+                x, hw_shape, self.window_size, self._shift(hw_shape),
+                self._window_attend(), self.norm1, self._residual_ffn,
+                self.CPU_BAND_ELEMENTS, out=x if inplace else None)
+        return super().forward(x, hw_shape, inplace)
 
 
 class TokenPatchMerging(PatchMerging):

@@ -85,3 +85,58 @@ def shifted_window_attention(x: torch.Tensor, hw_shape: Tuple[int, int],
     if shift:
         x = torch.roll(x, (shift, shift), (1, 2))
     return x[:, :H, :W, :].reshape(B, N, C)
+
+
+def shifted_window_bands(x: torch.Tensor, hw_shape: Tuple[int, int],
+                         ws: int, shift: int, attend, norm, epilogue,
+                         band_elements: int,
+                         out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Inference of ``epilogue(x, shifted_window_attention(norm(x), ...))``
+    in bands of whole window rows (of the shifted, padded map).
+
+    Windows never cross bands, so each band's tokens are gathered, attended
+    and finished on their own; every buffer is band-sized (on the CPU large
+    fresh buffers cost page faults, small ones stay in cache).
+
+    Args:
+        x (Tensor): (B, H * W, C).
+        hw_shape, ws, shift, attend: as in :func:`shifted_window_attention`.
+        norm (callable): row-wise, applied to x before the attention.
+        epilogue (callable): ``(x rows (B, T, C), their attention (B, T, C),
+            may be modified in place) -> (B, T, C)``, row-wise.
+        band_elements (int): bands per step such that ``4 * C`` channels of
+            their tokens are about this many elements.
+        out (Tensor, optional): (B, H * W, C) for the result; may be x.
+
+    Returns:
+        Tensor: (B, H * W, C).
+    """
+    B, N, C = x.shape
+    H, W = hw_shape
+    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+    labels = window_labels((H, W), ws, shift, x.device)
+    per_band = Wp // ws  # windows
+    step = max(1, band_elements // (4 * B * C * ws * Wp))
+    out = torch.empty_like(x) if out is None else out
+    x_map, out_map = x.view(B, H, W, C), out.view(B, H, W, C)
+    for j0 in range(0, Hp // ws, step):
+        j1 = min(j0 + step, Hp // ws)
+        # rows of the padded map in the order of the shifted one
+        rows = (torch.arange(j0 * ws, j1 * ws, device=x.device) + shift) % Hp
+        real = rows < H
+        src = rows[real]
+        x_rows = x_map.index_select(1, src)                    # a copy
+        band = x.new_zeros(B, len(rows), Wp, C)
+        band[:, real, :W] = norm(x_rows)
+        if shift:
+            band = torch.roll(band, -shift, 2)
+        band_labels = (None if labels is None else
+                       labels[j0 * per_band:j1 * per_band])
+        a = window_reverse(attend(window_partition(band, ws), band_labels),
+                           ws, len(rows), Wp)
+        if shift:
+            a = torch.roll(a, shift, 2)
+        a = a[:, real, :W].reshape(B, -1, C)
+        out_map.index_copy_(1, src, epilogue(
+            x_rows.view(B, -1, C), a).view(B, -1, W, C))
+    return out
