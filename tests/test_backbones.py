@@ -320,6 +320,30 @@ def test_global_and_window_mode_agree_on_the_trained_grid():
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize('masked', [False, True])
+def test_split_qkv_window_msa_equals_mmpretrain(masked):
+    """Same outputs and gradients (input and every parameter) as
+    mmpretrain's WindowMSA with the same weights."""
+    from mmpretrain.models.utils import WindowMSA
+    from mmpola.models.pola_swin import SplitQKVWindowMSA
+    torch.manual_seed(masked)
+    ref = WindowMSA(32, (4, 4), 4)
+    ours = SplitQKVWindowMSA(32, (4, 4), 4)
+    with torch.no_grad():
+        ref.relative_position_bias_table.normal_()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 16, 32)
+    mask = (torch.rand(3, 16, 16) > .5) * -100. if masked else None
+    grads = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        out = m(xi, mask)
+        out.pow(2).sum().backward()
+        grads.append([out, xi.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert rel_err(b, a) < 1e-6
+
+
 def test_softmax_window_padding_is_masked():
     """A map smaller than the window is padded; real tokens must attend
     only to real tokens, with the biases of their true offsets."""

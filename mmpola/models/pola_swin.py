@@ -16,6 +16,35 @@ from .windows import (PAD_LABEL, shifted_window_attention,
                       shifted_window_bands)
 
 
+class SplitQKVWindowMSA(WindowMSA):
+    """mmpretrain's ``WindowMSA`` (same parameters and arithmetic) with q, k
+    and v split off the qkv projection by ``unbind``: in backward their
+    gradients are written once into the projection's layout (``qkv[i]``
+    zero-fills three full-size buffers and then copies their sum).
+
+    Shapes:
+        forward(x (B*nW, ws*ws, C), mask (nW, ws*ws, ws*ws) or None)
+        -> (B*nW, ws*ws, C).
+    """
+
+    def forward(self, x, mask=None):
+        B_, N, C = x.shape
+        h = self.num_heads
+        q, k, v = (t.transpose(1, 2) for t in  # (B_, h, N, d) views
+                   self.qkv(x).view(B_, N, 3, h, C // h).unbind(2))
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[
+            self.relative_position_index.view(-1)].view(N, N, -1)
+        attn = attn + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = (attn.view(B_ // nW, nW, h, N, N) +
+                    mask.unsqueeze(1).unsqueeze(0)).view(-1, h, N, N)
+        attn = self.attn_drop(self.softmax(attn))
+        x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
+        return self.proj_drop(self.proj(x))
+
+
 class PolaSwinBlock(PreNormBlock):
     """Pre-norm Swin block with softmax window or Pola attention.
 
@@ -48,8 +77,9 @@ class PolaSwinBlock(PreNormBlock):
         self.window_size = window_size
         self.shift = shift
         if attn_type == 'softmax':
-            self.attn = WindowMSA(embed_dims, to_2tuple(window_size),
-                                  num_heads, proj_drop=drop_rate)
+            self.attn = SplitQKVWindowMSA(
+                embed_dims, to_2tuple(window_size), num_heads,
+                proj_drop=drop_rate)
             # rebuilt from the window size, never loaded from a checkpoint
             index = self.attn.relative_position_index
             del self.attn.relative_position_index
