@@ -192,13 +192,13 @@ class _PolaCore(torch.autograd.Function):
             # through x_sim = num / (z + eps), x_opp likewise
             z_sim = out[..., half:half + 1].add_(EPS)
             z_opp = out[..., -1:].add_(EPS)
-            d_out = torch.cat([
-                dxb[..., :half] / z_sim,
-                -(dxb[..., :half] * out[..., :half]).sum(-1, keepdim=True) /
-                z_sim.square(),
-                dxb[..., half:] / z_opp,
-                -(dxb[..., half:] * out[..., half + 1:-1]).sum(
-                    -1, keepdim=True) / z_opp.square()], dim=-1)
+            d_out = torch.empty_like(out)  # column groups as in W
+            for i, (g, z) in enumerate(((dxb[..., :half], z_sim),
+                                        (dxb[..., half:], z_opp))):
+                c, cz = i * (half + 1), i * (half + 1) + half  # num., z
+                torch.div(g, z, out=d_out[..., c:cz])
+                torch.div((g * out[..., c:cz]).sum(-1, keepdim=True).neg_(),
+                          z.square(), out=d_out[..., cz:cz + 1])
             dw.add_(qf.transpose(-2, -1) @ d_out)
             dqb, dpb = _polarity_grad(q[..., blk, :], qf, d_out @ wt, p)
             dq[..., blk, :] = dqb
