@@ -225,9 +225,9 @@ def test_token_patch_merging_matches_mmcv(hw):
 
 
 def test_training_ffn_keeps_one_hidden_map(monkeypatch):
-    """The training FFN (GELU recomputed in backward, in uneven token
-    blocks) gives mmcv FFN's output and gradients and saves only one map of
-    the hidden width."""
+    """The training FFN (both passes in uneven token blocks, GELU
+    recomputed in backward) gives mmcv FFN's output and gradients and saves
+    only one map of the hidden width."""
     from mmpola.models.backbone_utils import PreNormBlock
     from mmpola.models.pola_pvt import PolaPVTBlock
     monkeypatch.setattr(PreNormBlock, 'CPU_FFN_BLOCK', 7 * 128)
@@ -255,8 +255,17 @@ def test_training_ffn_keeps_one_hidden_map(monkeypatch):
         results[-1].append(saved.count(2 * 45 * 128))  # hidden maps saved
     fast, ref = results
     for a, b in zip(fast[:-1], ref[:-1]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert rel_err(a, b) < 1e-6
     assert fast[-1] == 1 and ref[-1] >= 2
+    # frozen FFN (frozen_stages): the input gradient alone, the same
+    monkeypatch.setattr(PreNormBlock, '_ffn_saves_hidden_once',
+                        lambda self, x: True)
+    block.ffn.requires_grad_(False)
+    x.grad = None
+    (block._norm_ffn(x) * grad_out).sum().backward()
+    assert rel_err(x.grad, ref[1]) < 1e-6
+    assert all(p.grad is None or torch.equal(p.grad, g) for p, g in zip(
+        block.ffn.parameters(), ref[2:-1]))
 
 
 @pytest.mark.parametrize('family', ['pvt', 'swin'])

@@ -14,38 +14,70 @@ from mmengine.registry import MODELS
 from .pola_attention import PolaAttention
 
 
-class _GeluLinear(torch.autograd.Function):
-    """``F.linear(gelu(h), w, b)`` keeping only h for backward.
+def _linear_into(out, x, w, b):
+    """``out = F.linear(x, w, b)`` for 2-D x, written into ``out``."""
+    if b is None:
+        return torch.mm(x, w.t(), out=out)
+    return torch.addmm(b, x, w.t(), out=out)
 
-    Autograd would keep both h (for the GELU) and gelu(h) (for the linear
-    layer): the FFN's widest map twice. Backward recomputes gelu(h) in
-    token blocks (CPU), so no other map of h's size is allocated.
+
+class _TrainingFFN(torch.autograd.Function):
+    """``fc2(gelu(fc1(u)))`` keeping only u and h = fc1(u) for backward.
+
+    Autograd would keep h (for the GELU) and gelu(h) (for fc2): the FFN's
+    widest map twice. Both passes run in token blocks (on the CPU): the
+    forward writes h block by block, the backward recomputes gelu(h) and
+    takes the hidden-width gradient from fc2 to fc1's input one block at a
+    time, so no other map of h's size is allocated and the products see
+    blocks that stay in cache.
     """
 
     @staticmethod
-    def forward(ctx, h, w, b):
-        ctx.save_for_backward(h, w)
-        ctx.has_bias = b is not None
-        return F.linear(F.gelu(h), w, b)
+    def forward(ctx, u, w1, b1, w2, b2):
+        u2 = u.reshape(-1, u.shape[-1])                  # (M, C)
+        h = u2.new_empty(u2.shape[0], w1.shape[0])       # (M, hidden)
+        y = u2.new_empty(u2.shape[0], w2.shape[0])
+        for s in _ffn_blocks(h):
+            _linear_into(h[s], u2[s], w1, b1)
+            _linear_into(y[s], F.gelu(h[s]), w2, b2)
+        ctx.save_for_backward(u2, h, w1, w2)
+        ctx.has_bias = b1 is not None, b2 is not None
+        return y.view(*u.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, dy):
-        h, w = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad
-        h2 = h.reshape(-1, h.shape[-1])                  # (M, hidden)
+        u2, h, w1, w2 = ctx.saved_tensors
+        need_u, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        need_b1 = need_b1 and ctx.has_bias[0]
         dy2 = dy.reshape(-1, dy.shape[-1])               # (M, C)
-        dh = torch.empty_like(h2) if need_h else None
-        dw = torch.zeros_like(w) if need_w else None     # frozen: skipped
-        step = (max(1, PreNormBlock.CPU_FFN_BLOCK // h2.shape[1])
-                if h.device.type == 'cpu' else h2.shape[0])
-        for i in range(0, h2.shape[0], step):
-            hb, dyb = h2[i:i + step], dy2[i:i + step]
-            if need_w:
-                dw.addmm_(dyb.t(), F.gelu(hb))
-            if need_h:
-                dh[i:i + step] = torch.ops.aten.gelu_backward(dyb @ w, hb)
-        db = dy2.sum(0) if ctx.has_bias and need_b else None
-        return None if dh is None else dh.view_as(h), dw, db
+        # frozen parameters: their gradients are skipped
+        du = torch.empty_like(u2) if need_u else None
+        dw1 = torch.zeros_like(w1) if need_w1 else None
+        db1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
+        dw2 = torch.zeros_like(w2) if need_w2 else None
+        for s in _ffn_blocks(h):
+            hb, dyb = h[s], dy2[s]
+            if need_w2:
+                dw2.addmm_(dyb.t(), F.gelu(hb))
+            if need_u or need_w1 or need_b1:
+                dhb = torch.ops.aten.gelu_backward(dyb @ w2, hb)
+                if need_w1:
+                    dw1.addmm_(dhb.t(), u2[s])
+                if need_b1:
+                    db1.add_(dhb.sum(0))
+                if need_u:
+                    torch.mm(dhb, w1, out=du[s])
+        db2 = dy2.sum(0) if need_b2 and ctx.has_bias[1] else None
+        du = None if du is None else du.view(*dy.shape[:-1], -1)
+        return du, dw1, db1, dw2, db2
+
+
+def _ffn_blocks(h):
+    """Token slices of the hidden map h (M, hidden) to process at once."""
+    M = h.shape[0]
+    step = (max(1, PreNormBlock.CPU_FFN_BLOCK // h.shape[1])
+            if h.device.type == 'cpu' else M)
+    return [slice(i, min(i + step, M)) for i in range(0, M, step)]
 
 
 class PreNormBlock(BaseModule):
@@ -55,7 +87,7 @@ class PreNormBlock(BaseModule):
     run it in shifted windows; then also ``_is_global``). ``with_cp``
     checkpoints the whole block. CPU inference of a global Pola block runs
     in blocks of image rows (``PolaAttention.forward_in_row_blocks``);
-    training keeps the FFN's hidden map once (:class:`_GeluLinear`).
+    training keeps the FFN's hidden map once (:class:`_TrainingFFN`).
 
     Shapes:
         forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
@@ -89,7 +121,7 @@ class PreNormBlock(BaseModule):
         return self.attn(x, hw_shape)
 
     def _ffn_saves_hidden_once(self, x):
-        """Whether the training FFN can use :class:`_GeluLinear`: exact
+        """Whether the training FFN can use :class:`_TrainingFFN`: exact
         GELU, no dropout, no layer scale, no autocast."""
         ffn = self.ffn
         if ffn.num_fcs != 2 or not isinstance(ffn.gamma2, nn.Identity):
@@ -104,9 +136,8 @@ class PreNormBlock(BaseModule):
         B, N, C = x.shape
         if torch.is_grad_enabled() and self._ffn_saves_hidden_once(x):
             (fc1, _, _), fc2, _ = self.ffn.layers
-            h = fc1(self.norm2(x))
-            return x + self.ffn.dropout_layer(
-                _GeluLinear.apply(h, fc2.weight, fc2.bias))
+            return x + self.ffn.dropout_layer(_TrainingFFN.apply(
+                self.norm2(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias))
         hidden = B * self.ffn.feedforward_channels
         step = max(1, self.CPU_FFN_BLOCK // hidden)
         if (torch.is_grad_enabled() or x.device.type != 'cpu'
