@@ -307,6 +307,7 @@ def test_any_input_size(cls, arch, size):
     for i, out in enumerate(outs):
         stride = 4 * 2**i
         assert out.shape[-2:] == (-(-h // stride), -(-w // stride)), i
+        assert out.is_contiguous()  # plain NCHW for necks and heads
         assert torch.isfinite(out).all()
 
 

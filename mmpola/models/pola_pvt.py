@@ -149,5 +149,7 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
             x = run_blocks(getattr(self, f'block{i + 1}'), x, hw)
             if i in self.out_indices:
                 outs.append(self.format_output(i, x, hw))
-            x = self.tokens_to_map(x, hw)
+            # the next patch embedding reads the tokens as a channels-last
+            # (B, C, H, W) view: no transposing copy, the same numbers
+            x = x.transpose(1, 2).unflatten(2, hw)
         return tuple(outs)
