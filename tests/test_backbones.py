@@ -46,6 +46,18 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def random_block_reference(block, B, hw, C):
+    """Random weights (eval mode), random tokens x (B, H*W, C) and the
+    block's output on them with gradients on (the autograd path)."""
+    with torch.no_grad():
+        for prm in block.parameters():
+            prm.normal_(0, 0.3)
+    block.eval()
+    x = torch.randn(B, hw[0] * hw[1], C)
+    with torch.enable_grad():
+        return x, block(x, hw)
+
+
 @pytest.mark.parametrize('family', ['pvt', 'swin'])
 def test_stage_outputs_match_released_code(family):
     fixture = load_fixture(family)
@@ -100,13 +112,7 @@ def test_row_block_inference_matches_autograd_path(monkeypatch, family, B,
     else:
         block = PolaSwinBlock(C, heads, 'pola', 56, shift=True,
                               pretrain_hw=(4, 4))
-    with torch.no_grad():
-        for prm in block.parameters():
-            prm.normal_(0, 0.3)
-    block.eval()
-    x = torch.randn(B, hw[0] * hw[1], C)
-    with torch.enable_grad():
-        ref = block(x, hw)
+    x, ref = random_block_reference(block, B, hw, C)
     # 2 rows per block
     monkeypatch.setattr(PolaAttention, 'CPU_ROW_BLOCK_ELEMENTS',
                         2 * 4 * B * C * hw[1])
@@ -144,13 +150,7 @@ def test_window_band_inference_matches_autograd_path(monkeypatch, attn_type,
     C, heads, ws = 32, 2, 4
     block = PolaSwinBlock(C, heads, attn_type, ws, shift=shift,
                           pretrain_hw=(4, 4), pola_attn_mode='window')
-    with torch.no_grad():
-        for prm in block.parameters():
-            prm.normal_(0, 0.3)
-    block.eval()
-    x = torch.randn(B, hw[0] * hw[1], C)
-    with torch.enable_grad():
-        ref = block(x, hw)
+    x, ref = random_block_reference(block, B, hw, C)
     rows_per_band = 2  # window rows; 3 bands, the last one shorter
     monkeypatch.setattr(PolaSwinBlock, 'CPU_BAND_ELEMENTS',
                         rows_per_band * 4 * B * C * ws * 16)
