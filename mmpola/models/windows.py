@@ -104,8 +104,9 @@ def shifted_window_bands(x: torch.Tensor, hw_shape: Tuple[int, int],
         norm (callable): row-wise, applied to x before the attention.
         epilogue (callable): ``(x rows (B, T, C), their attention (B, T, C),
             may be modified in place) -> (B, T, C)``, row-wise.
-        band_elements (int): bands per step such that ``4 * C`` channels of
-            their tokens are about this many elements.
+        band_elements (int): window rows per band are chosen so that
+            ``4 * C`` channels of a band's tokens are about this many
+            elements.
         out (Tensor, optional): (B, H * W, C) for the result; may be x.
 
     Returns:
