@@ -171,6 +171,26 @@ def test_window_band_inference_matches_autograd_path(monkeypatch, attn_type,
     assert torch.equal(out_over, out)
 
 
+def test_inference_ffn_in_token_blocks(monkeypatch):
+    """Inference outside the row-block path (here: a hook on the attention)
+    runs a large FFN in uneven token blocks, with the same numbers."""
+    from mmpola.models.backbone_utils import PreNormBlock
+    from mmpola.models.pola_pvt import PolaPVTBlock
+    torch.manual_seed(0)
+    B, hw, C = 2, (5, 7), 32
+    block = PolaPVTBlock(C, 1, 4, (4, 4))
+    x, ref = random_block_reference(block, B, hw, C)
+    block.attn.register_forward_hook(lambda *_: None)  # no row blocks
+    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_WHOLE', 0)
+    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_BLOCK', 8 * B * 4 * C)
+    calls = []
+    block.ffn.register_forward_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        out = block(x, hw)
+    assert len(calls) == 5  # 35 tokens in blocks of 8
+    assert rel_err(out, ref) < 1e-5
+
+
 @pytest.mark.parametrize('hooked', [False, True])
 def test_blocks_overwrite_only_unobserved_inputs(hooked):
     """Within a stage, CPU inference writes a block's output over its

@@ -37,7 +37,7 @@ class _TrainingFFN(torch.autograd.Function):
         u2 = u.reshape(-1, u.shape[-1])                  # (M, C)
         h = u2.new_empty(u2.shape[0], w1.shape[0])       # (M, hidden)
         y = u2.new_empty(u2.shape[0], w2.shape[0])
-        for s in _ffn_blocks(h):
+        for s in _ffn_blocks(*h.shape, h.device):
             _linear_into(h[s], u2[s], w1, b1)
             _linear_into(y[s], F.gelu(h[s]), w2, b2)
         ctx.save_for_backward(u2, h, w1, w2)
@@ -55,7 +55,7 @@ class _TrainingFFN(torch.autograd.Function):
         dw1 = torch.zeros_like(w1) if need_w1 else None
         db1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
         dw2 = torch.zeros_like(w2) if need_w2 else None
-        for s in _ffn_blocks(h):
+        for s in _ffn_blocks(*h.shape, h.device):
             hb, dyb = h[s], dy2[s]
             if need_w2:
                 dw2.addmm_(dyb.t(), F.gelu(hb))
@@ -72,11 +72,11 @@ class _TrainingFFN(torch.autograd.Function):
         return du, dw1, db1, dw2, db2
 
 
-def _ffn_blocks(h):
-    """Token slices of the hidden map h (M, hidden) to process at once."""
-    M = h.shape[0]
-    step = (max(1, PreNormBlock.CPU_FFN_BLOCK // h.shape[1])
-            if h.device.type == 'cpu' else M)
+def _ffn_blocks(M, hidden, device):
+    """Token slices of an (M, hidden) map to process at once: blocks of
+    about ``PreNormBlock.CPU_FFN_BLOCK`` elements on the CPU."""
+    step = (max(1, PreNormBlock.CPU_FFN_BLOCK // hidden)
+            if device.type == 'cpu' else M)
     return [slice(i, min(i + step, M)) for i in range(0, M, step)]
 
 
@@ -139,14 +139,13 @@ class PreNormBlock(BaseModule):
             return x + self.ffn.dropout_layer(_TrainingFFN.apply(
                 self.norm2(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias))
         hidden = B * self.ffn.feedforward_channels
-        step = max(1, self.CPU_FFN_BLOCK // hidden)
         if (torch.is_grad_enabled() or x.device.type != 'cpu'
                 or N * hidden <= self.CPU_FFN_WHOLE):
             return self.ffn(self.norm2(x), identity=x)
         out = torch.empty_like(x)
-        for i in range(0, N, step):
-            xb = x[:, i:i + step]
-            out[:, i:i + step] = self.ffn(self.norm2(xb), identity=xb)
+        for sl in _ffn_blocks(N, hidden, x.device):
+            xb = x[:, sl]
+            out[:, sl] = self.ffn(self.norm2(xb), identity=xb)
         return out
 
     def _is_global(self, hw_shape):
