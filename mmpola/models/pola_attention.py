@@ -23,6 +23,7 @@ and recomputes the features block by block. CPU inference of a whole block
 (norm, attention, residual, FFN) can run over blocks of image rows
 (``PolaAttention.forward_in_row_blocks``) with the same arithmetic.
 """
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -34,29 +35,71 @@ EPS = 1e-6
 
 
 TINY = 1e-38  # |x| floor: keeps |x|**(p-1) and log|x| finite at x == 0
+LOG_TINY = math.log(TINY)
 
 
-def polarity_features(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+class Workspace:
+    """Scratch buffers reused across the token blocks of one call.
+
+    ``ws(name, *shape)`` is a contiguous tensor of that shape on the first
+    elements of buffer ``name`` (grown when too small). On the CPU a fresh
+    buffer of a few MB costs more in first-touch page faults than the
+    arithmetic on it; a reused one is already mapped and in cache.
+    """
+
+    def __init__(self, like: torch.Tensor):
+        self.like = like
+        self.buffers = {}
+
+    def __call__(self, name: str, *shape: int) -> torch.Tensor:
+        n = 1
+        for s in shape:
+            n *= s
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self.buffers[name] = self.like.new_empty(n)
+        return buf[:n].view(shape)
+
+    def like_heads(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """A buffer shaped like x; for heads split off a (B, N, C) tensor
+        (x (B, h, T, d), heads adjacent in memory) laid out as (B, T, h, d),
+        where element-wise passes run over rows of h * d, not d."""
+        if x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == x.shape[-1]:
+            B, h, T, d = x.shape
+            return self(name, B, T, h, d).transpose(1, 2)
+        return self(name, *x.shape)
+
+
+def polarity_features(x: torch.Tensor, p: torch.Tensor,
+                      ws: Optional[Workspace] = None,
+                      keep_log: bool = False):
     """``[relu(x)**p, relu(-x)**p]``: (..., d) -> (..., 2d).
 
     One power, ``|x|**p = exp(p * log|x|)`` (1.7x faster than ``pow`` on
     the CPU, within a few float32 ulp; ``|0|**p = exp(-inf) = 0``), then
     ``relu(-x)**p = |x|**p - relu(x)**p`` exactly (one of the two is 0).
-    For heads split off a (B, N, C) tensor (x (B, h, N, d) with the heads
-    adjacent in memory) ``|x|**p`` is computed in that memory order, where
-    exp and log run about 3x faster than on the rows of d of each head.
+    ``|x|**p`` is computed in x's memory order when x holds heads split off
+    a (B, N, C) tensor (:meth:`Workspace.like_heads`): exp and log run
+    about 3x faster there than on the rows of d of each head.
+
+    Args:
+        ws (Workspace, optional): where the result and temporaries go
+            (buffers 'feat', 'mag', 'log'); fresh buffers by default.
+        keep_log (bool): also return ``log|x|`` (-inf at 0).
     """
+    ws = Workspace(x) if ws is None else ws
     d = x.shape[-1]
-    out = x.new_empty(*x.shape[:-1], 2 * d)
-    if x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == d:
-        mag = x.new_empty(x.shape[0], x.shape[2], x.shape[1], d)
-        torch.abs(x.transpose(1, 2), out=mag).log_()
-        mag = mag.mul_(p.transpose(1, 2)).exp_().transpose(1, 2)
+    out = ws('feat', *x.shape[:-1], 2 * d)
+    mag = ws.like_heads('mag', x)
+    if keep_log:
+        log_abs = ws.like_heads('log', x)
+        torch.abs(x, out=log_abs).log_()
+        torch.mul(log_abs, p, out=mag).exp_()
     else:
-        mag = torch.abs(x, out=out[..., d:]).log_().mul_(p).exp_()
+        torch.abs(x, out=mag).log_().mul_(p).exp_()
     torch.gt(x, 0, out=out[..., :d]).mul_(mag)  # 1. or 0. times |x|**p
     torch.sub(mag, out[..., :d], out=out[..., d:])
-    return out
+    return (out, log_abs) if keep_log else out
 
 
 def _w_from_key_sums(m, half):
@@ -80,20 +123,23 @@ def _key_sums_grad(dw, half):
                       dw[..., half:half + 1] + dw_swap[..., d + 1:]], dim=-1)
 
 
-def _polarity_grad(x, feats, dfeats, p):
-    """Backward of :func:`polarity_features`: (dx, dp per element).
+def _polarity_grad(x, feats, log_abs, dfeats, p, dx, ws):
+    """Backward of :func:`polarity_features`: dx written into ``dx``; the
+    exponent's gradient summed over batch and tokens returned (1, h, 1, d).
 
-    Float 1/0 masks instead of ``torch.where`` (about 10x slower on the CPU).
+    With f = [f+, f-] the features and a = |x|**p = f+ + f-:
+    ``g = dL/da * a = df+ * f+ + df- * f-``, ``dL/dp = g * ln|x|`` and
+    ``dL/dx = g * p / x`` (0 at x == 0, where g == 0). ``log_abs`` (log|x|
+    from the features) is overwritten.
     """
     d = x.shape[-1]
-    pos = torch.gt(x, 0, out=torch.empty_like(x))             # 1. / 0.
-    neg = 1 - pos
-    g = (dfeats[..., :d] * pos).addcmul_(dfeats[..., d:], neg)  # d |x|^p
-    g.mul_(feats[..., :d] + feats[..., d:])                   # * |x|^p
-    ax = x.abs().clamp_min_(TINY)
-    dp = g * ax.log()                                         # ln|x| |x|^p
-    dx = g.div_(ax).mul_(p).mul_(pos.sub_(neg))               # p |x|^(p-1)
-    return dx, dp
+    g = ws.like_heads('g', x)
+    torch.mul(dfeats[..., :d], feats[..., :d], out=g)
+    g.addcmul_(dfeats[..., d:], feats[..., d:])
+    dp = log_abs.clamp_min_(LOG_TINY).mul_(g).sum(dim=(0, 2), keepdim=True)
+    ax = torch.abs(x, out=log_abs).clamp_min_(TINY).copysign_(x)
+    torch.div(g, ax, out=dx).mul_(p)
+    return dp
 
 
 # Tokens are processed in blocks so that the 2d-wide features of a block
@@ -112,31 +158,49 @@ def _token_blocks(x: torch.Tensor):
     return [slice(i, min(i + step, N)) for i in range(0, N, step)]
 
 
-def _key_features(k, p, key_mask, blk):
+def _key_features(k, p, key_mask, blk, ws, keep_log=False):
     """Polarity features of the keys in token block ``blk``, padded keys
-    zeroed: (B, h, T, 2d)."""
-    kf = polarity_features(k[..., blk, :], p)
+    zeroed: (B, h, T, 2d) (and log|k| if ``keep_log``)."""
+    res = polarity_features(k[..., blk, :], p, ws, keep_log)
     if key_mask is not None:
-        kf.mul_(key_mask[..., blk, :])
-    return kf
+        (res[0] if keep_log else res).mul_(key_mask[..., blk, :])
+    return res
 
 
-def _add_key_sums(m, kf, v):
+def _bmm(a, b, out):
+    """``a @ b`` of (..., n, k) and (..., k, m) tensors into ``out``; the
+    batch dims of a and b must flatten without a copy."""
+    torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]),
+              out=out.view(-1, *out.shape[-2:]))
+    return out
+
+
+def _add_key_sums(m, kf, v, ws=None):
     """Accumulate a block of keys: ``m (B, h, 2d, d+1) += kf^T [v, 1]``,
-    kf (B, h, T, 2d) its key features, v (B, h, T, d)."""
+    kf (B, h, T, 2d) its key features, v (B, h, T, d) (any strides)."""
+    ws = Workspace(v) if ws is None else ws
     d = v.shape[-1]
-    m[..., :d].add_(kf.transpose(-2, -1) @ v)
+    vb = ws('v', *v.shape).copy_(v)
+    m[..., :d].add_(_bmm(kf.transpose(-2, -1), vb, ws('kv', *m[..., :d].shape)))
     m[..., d].add_(kf.sum(dim=-2))
 
 
-def _query_output(qf, w, out):
+def _query_scores(qf, w, ws):
+    """qf (B, h, T, 2d) @ W (B, h, 2d, d+2): numerators and normalisers of
+    [x_sim, x_opp] (column groups as in W), normalisers + eps."""
+    half = w.shape[-1] // 2 - 1
+    o = _bmm(qf, w, ws('qw', *qf.shape[:-1], w.shape[-1]))
+    o[..., half].add_(EPS)
+    o[..., -1].add_(EPS)
+    return o
+
+
+def _query_output(qf, w, out, ws=None):
     """``[x_sim, x_opp]`` of a block of queries into ``out`` (B, h, T, d):
     one product of its features qf (B, h, T, 2d) with W (B, h, 2d, d+2),
     then the two normalisations."""
     half = out.shape[-1] // 2
-    o = qf @ w
-    o[..., half].add_(EPS)
-    o[..., -1].add_(EPS)
+    o = _query_scores(qf, w, Workspace(qf) if ws is None else ws)
     torch.div(o[..., :half], o[..., half:half + 1], out=out[..., :half])
     torch.div(o[..., half + 1:-1], o[..., -1:], out=out[..., half:])
 
@@ -148,7 +212,8 @@ class _PolaCore(torch.autograd.Function):
     Per block: one ``|x|**p`` per tensor, the key sums M accumulated, then
     one query-side product with W (q_opp and the normalisers folded in).
     Only q, k, v and the small W are kept for backward, which recomputes
-    the features block by block.
+    the features block by block. Per-block temporaries live in one
+    :class:`Workspace` per pass.
     """
 
     @staticmethod
@@ -159,16 +224,17 @@ class _PolaCore(torch.autograd.Function):
             n = N
         else:
             n = key_mask.sum(dim=-2, keepdim=True).clamp_(min=1)
+        ws = Workspace(v)
         m = v.new_zeros(B, h, 2 * d, d + 1)        # [k+; k-]^T [v, 1]
         for blk in _token_blocks(k):
-            _add_key_sums(m, _key_features(k, p, key_mask, blk),
-                          v[..., blk, :])
+            _add_key_sums(m, _key_features(k, p, key_mask, blk, ws),
+                          v[..., blk, :], ws)
         w = _w_from_key_sums(m.div_(n), half)             # (B, h, 2d, d+2)
         buf = v.new_empty(B, N, h, d)              # (B, N, C) memory order
         x = buf.transpose(1, 2)
         for blk in _token_blocks(q):
-            _query_output(polarity_features(q[..., blk, :], p), w,
-                          x[..., blk, :])
+            _query_output(polarity_features(q[..., blk, :], p, ws), w,
+                          x[..., blk, :], ws)
         ctx.save_for_backward(q, k, v, p, w,
                               key_mask if key_mask is not None else m[:0])
         ctx.n, ctx.half = n, half
@@ -179,42 +245,44 @@ class _PolaCore(torch.autograd.Function):
         dx = dbuf.transpose(1, 2)
         q, k, v, p, w, key_mask = ctx.saved_tensors
         half, n = ctx.half, ctx.n
-        d = 2 * half
+        B, h, N, d = v.shape
         key_mask = key_mask if key_mask.numel() else None
-        dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
+        dq, dk, dv = (v.new_empty(B, h, N, d) for _ in range(3))
         dw = torch.zeros_like(w)
-        dp = torch.zeros_like(p.expand(1, q.shape[1], 1, d))
-        wt = w.transpose(-2, -1)
+        dp = torch.zeros_like(p.expand(1, h, 1, d))
+        wt = w.transpose(-2, -1).contiguous()
+        ws = Workspace(v)
         for blk in _token_blocks(q):
-            qf = polarity_features(q[..., blk, :], p)
-            out = qf @ w                                   # (B, h, T, d+2)
+            qf, log_q = polarity_features(q[..., blk, :], p, ws, True)
+            out = _query_scores(qf, w, ws)                 # (B, h, T, d+2)
             dxb = dx[..., blk, :]
             # through x_sim = num / (z + eps), x_opp likewise
-            z_sim = out[..., half:half + 1].add_(EPS)
-            z_opp = out[..., -1:].add_(EPS)
-            d_out = torch.empty_like(out)  # column groups as in W
-            for i, (g, z) in enumerate(((dxb[..., :half], z_sim),
-                                        (dxb[..., half:], z_opp))):
+            d_out = ws('d_out', *out.shape)  # column groups as in W
+            for i, g in enumerate((dxb[..., :half], dxb[..., half:])):
                 c, cz = i * (half + 1), i * (half + 1) + half  # num., z
+                z = out[..., cz:cz + 1]
                 torch.div(g, z, out=d_out[..., c:cz])
-                torch.div((g * out[..., c:cz]).sum(-1, keepdim=True).neg_(),
-                          z.square(), out=d_out[..., cz:cz + 1])
-            dw.add_(qf.transpose(-2, -1) @ d_out)
-            dqb, dpb = _polarity_grad(q[..., blk, :], qf, d_out @ wt, p)
-            dq[..., blk, :] = dqb
-            dp.add_(dpb.sum(dim=(0, 2), keepdim=True))
+                gx = torch.mul(g, out[..., c:cz], out=ws('gx', *g.shape))
+                torch.div(gx.sum(-1, keepdim=True).neg_(), z.square(),
+                          out=d_out[..., cz:cz + 1])
+            dw.add_(_bmm(qf.transpose(-2, -1), d_out, ws('dw', *w.shape)))
+            dqf = _bmm(d_out, wt, ws('dfeat', *qf.shape))
+            dp.add_(_polarity_grad(q[..., blk, :], qf, log_q, dqf, p,
+                                   dq[..., blk, :], ws))
         ds = _key_sums_grad(dw, half).div_(n)           # d[k+; k-]^T [v, 1]
         ds_v, ds_1 = ds[..., :d], ds[..., d:].transpose(-2, -1)
-        ds_vt = ds_v.transpose(-2, -1)
+        ds_vt = ds_v.transpose(-2, -1).contiguous()
+        ds_v = ds_v.contiguous()
         for blk in _token_blocks(k):
-            kf = _key_features(k, p, key_mask, blk)
-            dkf = (v[..., blk, :] @ ds_vt).add_(ds_1)      # (B, h, T, 2d)
+            kf, log_k = _key_features(k, p, key_mask, blk, ws, True)
+            T = kf.shape[-2]
+            vb = ws('v', B, h, T, d).copy_(v[..., blk, :])
+            dkf = _bmm(vb, ds_vt, ws('dfeat', B, h, T, 2 * d)).add_(ds_1)
             if key_mask is not None:
                 dkf.mul_(key_mask[..., blk, :])
-            dv[..., blk, :] = kf @ ds_v
-            dkb, dpb = _polarity_grad(k[..., blk, :], kf, dkf, p)
-            dk[..., blk, :] = dkb
-            dp.add_(dpb.sum(dim=(0, 2), keepdim=True))
+            dv[..., blk, :] = _bmm(kf, ds_v, ws('dv', B, h, T, d))
+            dp.add_(_polarity_grad(k[..., blk, :], kf, log_k, dkf, p,
+                                   dk[..., blk, :], ws))
         return dq, dk, dv, dp.sum_to_size(p.shape), None
 
 
