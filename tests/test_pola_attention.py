@@ -16,6 +16,17 @@ def run(fn, q, k, v, power, grad_out, **kwargs):
     return [out.detach().float()] + [t.grad.float() for t in (q, k, v, power)]
 
 
+def graph_nodes(t):
+    """Names of the autograd nodes behind tensor t."""
+    names, stack = [], [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None:
+            names.append(type(fn).__name__)
+            stack += [f for f, _ in fn.next_functions]
+    return names
+
+
 def rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -157,19 +168,86 @@ def test_token_blocks_give_the_same_numbers(monkeypatch, B, heads, N, d):
     assert fast[2][:1, :, keep:].abs().max() == 0
 
 
-def test_depthwise_conv_backward():
-    """The CPU depthwise convolution's own backward against autograd's,
-    on a channels-last input like the attention's v, float64 gradcheck."""
-    from mmpola.models.pola_attention import _DepthwiseConvCPU
+@pytest.mark.parametrize('native', [False, True])
+def test_depthwise_conv_backward(native):
+    """The depthwise convolution's backward (the CPU one, and the one other
+    devices use) against autograd's, on a channels-last input like the
+    attention's v, float64 gradcheck."""
+    from mmpola.models import pola_attention as pa
+
+    class Conv(torch.autograd.Function):
+        forward = staticmethod(pa._DepthwiseConvCPU.forward)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            return pa._depthwise_conv_backward(x, w, g, True, True, True,
+                                               native=native)
+
     torch.manual_seed(3)
     x = torch.randn(2, 7, 9, 6, dtype=torch.float64).permute(0, 3, 1, 2)
     w = torch.randn(6, 1, 5, 5, dtype=torch.float64)
     b = torch.randn(6, dtype=torch.float64)
     args = [t.clone().requires_grad_() for t in (x, w, b)]
-    assert torch.autograd.gradcheck(_DepthwiseConvCPU.apply, args)
-    out = _DepthwiseConvCPU.apply(*args)
+    assert torch.autograd.gradcheck(Conv.apply, args)
+    out = pa._DepthwiseConvCPU.apply(*args)
     ref = torch.nn.functional.conv2d(x, w, b, padding=2, groups=6)
     torch.testing.assert_close(out, ref)
+
+
+def test_mixing_node_gradcheck(monkeypatch):
+    """The training node between the projections (core with the key
+    encoding, dwc, gate): float64 gradcheck of every input's gradient,
+    over two token blocks (64 + 8 tokens)."""
+    from mmpola.models import pola_attention as pa
+    monkeypatch.setattr(pa, 'CPU_BLOCK_ELEMENTS', 1)
+    torch.manual_seed(5)
+    heads, d, hw = 2, 4, (9, 8)
+    C, N = heads * d, 72
+    args = [torch.randn(2, N, 4 * C, dtype=torch.float64),
+            torch.randn(1, N, C, dtype=torch.float64),
+            1 + 4 * torch.rand(1, heads, 1, d, dtype=torch.float64),
+            torch.randn(C, 1, 5, 5, dtype=torch.float64),
+            torch.randn(C, dtype=torch.float64)]
+    args = [t.requires_grad_() for t in args]
+    assert torch.autograd.gradcheck(
+        lambda *t: pa._PolaMixing.apply(*t, heads, hw), args, fast_mode=True)
+
+
+@pytest.mark.parametrize('fused, heads, hw', [(False, 1, (9, 13)),
+                                              (True, 3, (8, 11))])
+def test_training_node_equals_autograd_path(monkeypatch, fused, heads, hw):
+    """PolaAttention in training runs one node (:class:`_PolaMixing`) that
+    gives the output and the gradients of the per-op autograd path (forced
+    here), in several token blocks; a key mask keeps the per-op path."""
+    from mmpola.models import pola_attention as pa
+    monkeypatch.setattr(pa, 'CPU_BLOCK_ELEMENTS', 1)
+    torch.manual_seed(heads)
+    C = 32 * heads
+    attn = PolaAttention(C, heads, (8, 8), fused_qkvg=fused)
+    with torch.no_grad():
+        for prm in attn.parameters():
+            prm.normal_(0, 0.3)
+    x = torch.randn(2, hw[0] * hw[1], C)
+    grad_out = torch.randn(2, hw[0] * hw[1], C)
+    results = []
+    for one_node in (True, False):
+        attn.zero_grad()
+        if not one_node:
+            monkeypatch.setattr(PolaAttention, '_mixing_in_one_node',
+                                lambda *a: False)
+        xi = x.clone().requires_grad_()
+        out = attn(xi, hw)
+        assert ('_PolaMixingBackward' in graph_nodes(out)) == one_node
+        (out * grad_out).sum().backward()
+        results.append([('out', out.detach()), ('dx', xi.grad)] + [
+            (name, prm.grad.clone()) for name, prm in attn.named_parameters()])
+    for (name, a), (_, b) in zip(*results):
+        assert rel(a, b) < 1e-5, name
+    monkeypatch.undo()
+    mask = torch.ones(2, hw[0] * hw[1])
+    out = attn(x.clone().requires_grad_(), hw, key_mask=mask)
+    assert '_PolaMixingBackward' not in graph_nodes(out)
 
 
 @pytest.mark.parametrize('mode', ['bilinear', 'bicubic'])

@@ -19,7 +19,10 @@ row halves of M, so both products and both normalisers come out of a single
 ``q_sim @ W`` with ``W`` (2d, d + 2) built from ``k'^T [v, 1] / n``.
 On the CPU the tokens go through in cache-sized blocks (the 2d-wide features
 never exist for the whole sequence); the backward keeps only q, k, v and W
-and recomputes the features block by block. CPU inference of a whole block
+and recomputes the features block by block. In training, everything between
+the projections (core, depthwise conv, gate) is one autograd node
+(``_PolaMixing``) whose backward writes into one gradient buffer. CPU
+inference of a whole block
 (norm, attention, residual, FFN) can run over blocks of image rows
 (``PolaAttention.forward_in_row_blocks``) with the same arithmetic.
 """
@@ -158,13 +161,17 @@ def _token_blocks(x: torch.Tensor):
     return [slice(i, min(i + step, N)) for i in range(0, N, step)]
 
 
-def _key_features(k, p, key_mask, blk, ws, keep_log=False):
+def _key_features(k, p, key_mask, blk, ws, keep_log=False, k_add=None):
     """Polarity features of the keys in token block ``blk``, padded keys
-    zeroed: (B, h, T, 2d) (and log|k| if ``keep_log``)."""
-    res = polarity_features(k[..., blk, :], p, ws, keep_log)
+    zeroed: (B, h, T, 2d) (and log|k| if ``keep_log``). ``k_add``
+    (broadcastable to k, e.g. a positional encoding) is added first."""
+    kb = k[..., blk, :]
+    if k_add is not None:
+        kb = torch.add(kb, k_add[..., blk, :], out=ws.like_heads('k', kb))
+    res = polarity_features(kb, p, ws, keep_log)
     if key_mask is not None:
         (res[0] if keep_log else res).mul_(key_mask[..., blk, :])
-    return res
+    return res, kb
 
 
 def _bmm(a, b, out):
@@ -205,85 +212,100 @@ def _query_output(qf, w, out, ws=None):
     torch.div(o[..., half + 1:-1], o[..., -1:], out=out[..., half:])
 
 
-class _PolaCore(torch.autograd.Function):
-    """Regrouped released arithmetic, blocked over tokens, with a
-    hand-written backward.
+def _core_forward(q, k, v, p, key_mask, out, k_add=None):
+    """Regrouped released arithmetic, blocked over tokens.
 
     Per block: one ``|x|**p`` per tensor, the key sums M accumulated, then
     one query-side product with W (q_opp and the normalisers folded in).
-    Only q, k, v and the small W are kept for backward, which recomputes
-    the features block by block. Per-block temporaries live in one
-    :class:`Workspace` per pass.
+    Writes ``[x_sim, x_opp]`` into ``out`` (B, h, N, d) and returns W
+    (B, h, 2d, d+2) and the key count n, which with q, k, v is all that
+    :func:`_core_backward` needs (it recomputes the features). The keys
+    are ``k + k_add``. Per-block temporaries live in one
+    :class:`Workspace`.
     """
+    B, h, N, d = v.shape
+    if key_mask is None:
+        n = N
+    else:
+        n = key_mask.sum(dim=-2, keepdim=True).clamp_(min=1)
+    ws = Workspace(v)
+    m = v.new_zeros(B, h, 2 * d, d + 1)        # [k+; k-]^T [v, 1]
+    for blk in _token_blocks(k):
+        kf, _ = _key_features(k, p, key_mask, blk, ws, k_add=k_add)
+        _add_key_sums(m, kf, v[..., blk, :], ws)
+    w = _w_from_key_sums(m.div_(n), d // 2)                # (B, h, 2d, d+2)
+    for blk in _token_blocks(q):
+        _query_output(polarity_features(q[..., blk, :], p, ws), w,
+                      out[..., blk, :], ws)
+    return w, n
+
+
+def _core_backward(dx, q, k, v, p, w, n, key_mask, dq, dk, dv, k_add=None):
+    """Backward of :func:`_core_forward` for the output gradient dx
+    (B, h, N, d): writes the gradients of q, k (= of k_add's sum) and v
+    into dq, dk, dv (any strides) and returns the exponent's (1, h, 1, d).
+    """
+    B, h, N, d = v.shape
+    half = d // 2
+    dw = torch.zeros_like(w)
+    dp = torch.zeros_like(p.expand(1, h, 1, d))
+    wt = w.transpose(-2, -1).contiguous()
+    ws = Workspace(v)
+    for blk in _token_blocks(q):
+        qf, log_q = polarity_features(q[..., blk, :], p, ws, True)
+        out = _query_scores(qf, w, ws)                     # (B, h, T, d+2)
+        dxb = dx[..., blk, :]
+        # through x_sim = num / (z + eps), x_opp likewise
+        d_out = ws('d_out', *out.shape)  # column groups as in W
+        for i, g in enumerate((dxb[..., :half], dxb[..., half:])):
+            c, cz = i * (half + 1), i * (half + 1) + half  # num., z
+            z = out[..., cz:cz + 1]
+            torch.div(g, z, out=d_out[..., c:cz])
+            gx = torch.mul(g, out[..., c:cz], out=ws('gx', *g.shape))
+            torch.div(gx.sum(-1, keepdim=True).neg_(), z.square(),
+                      out=d_out[..., cz:cz + 1])
+        dw.add_(_bmm(qf.transpose(-2, -1), d_out, ws('dw', *w.shape)))
+        dqf = _bmm(d_out, wt, ws('dfeat', *qf.shape))
+        dp.add_(_polarity_grad(q[..., blk, :], qf, log_q, dqf, p,
+                               dq[..., blk, :], ws))
+    ds = _key_sums_grad(dw, half).div_(n)               # d[k+; k-]^T [v, 1]
+    ds_v, ds_1 = ds[..., :d], ds[..., d:].transpose(-2, -1)
+    ds_vt = ds_v.transpose(-2, -1).contiguous()
+    ds_v = ds_v.contiguous()
+    for blk in _token_blocks(k):
+        (kf, log_k), kb = _key_features(k, p, key_mask, blk, ws, True, k_add)
+        T = kf.shape[-2]
+        vb = ws('v', B, h, T, d).copy_(v[..., blk, :])
+        dkf = _bmm(vb, ds_vt, ws('dfeat', B, h, T, 2 * d)).add_(ds_1)
+        if key_mask is not None:
+            dkf.mul_(key_mask[..., blk, :])
+        dv[..., blk, :] = _bmm(kf, ds_v, ws('dv', B, h, T, d))
+        dp.add_(_polarity_grad(kb, kf, log_k, dkf, p, dk[..., blk, :], ws))
+    return dp.sum_to_size(p.shape)
+
+
+class _PolaCore(torch.autograd.Function):
+    """:func:`_core_forward` with its hand-written backward; only q, k, v
+    and the small W are kept for it."""
 
     @staticmethod
     def forward(ctx, q, k, v, p, key_mask):
         B, h, N, d = v.shape
-        half = d // 2
-        if key_mask is None:
-            n = N
-        else:
-            n = key_mask.sum(dim=-2, keepdim=True).clamp_(min=1)
-        ws = Workspace(v)
-        m = v.new_zeros(B, h, 2 * d, d + 1)        # [k+; k-]^T [v, 1]
-        for blk in _token_blocks(k):
-            _add_key_sums(m, _key_features(k, p, key_mask, blk, ws),
-                          v[..., blk, :], ws)
-        w = _w_from_key_sums(m.div_(n), half)             # (B, h, 2d, d+2)
         buf = v.new_empty(B, N, h, d)              # (B, N, C) memory order
-        x = buf.transpose(1, 2)
-        for blk in _token_blocks(q):
-            _query_output(polarity_features(q[..., blk, :], p, ws), w,
-                          x[..., blk, :], ws)
+        w, n = _core_forward(q, k, v, p, key_mask, buf.transpose(1, 2))
         ctx.save_for_backward(q, k, v, p, w,
-                              key_mask if key_mask is not None else m[:0])
-        ctx.n, ctx.half = n, half
+                              key_mask if key_mask is not None else w[:0])
+        ctx.n = n
         return buf
 
     @staticmethod
     def backward(ctx, dbuf):
-        dx = dbuf.transpose(1, 2)
         q, k, v, p, w, key_mask = ctx.saved_tensors
-        half, n = ctx.half, ctx.n
-        B, h, N, d = v.shape
         key_mask = key_mask if key_mask.numel() else None
-        dq, dk, dv = (v.new_empty(B, h, N, d) for _ in range(3))
-        dw = torch.zeros_like(w)
-        dp = torch.zeros_like(p.expand(1, h, 1, d))
-        wt = w.transpose(-2, -1).contiguous()
-        ws = Workspace(v)
-        for blk in _token_blocks(q):
-            qf, log_q = polarity_features(q[..., blk, :], p, ws, True)
-            out = _query_scores(qf, w, ws)                 # (B, h, T, d+2)
-            dxb = dx[..., blk, :]
-            # through x_sim = num / (z + eps), x_opp likewise
-            d_out = ws('d_out', *out.shape)  # column groups as in W
-            for i, g in enumerate((dxb[..., :half], dxb[..., half:])):
-                c, cz = i * (half + 1), i * (half + 1) + half  # num., z
-                z = out[..., cz:cz + 1]
-                torch.div(g, z, out=d_out[..., c:cz])
-                gx = torch.mul(g, out[..., c:cz], out=ws('gx', *g.shape))
-                torch.div(gx.sum(-1, keepdim=True).neg_(), z.square(),
-                          out=d_out[..., cz:cz + 1])
-            dw.add_(_bmm(qf.transpose(-2, -1), d_out, ws('dw', *w.shape)))
-            dqf = _bmm(d_out, wt, ws('dfeat', *qf.shape))
-            dp.add_(_polarity_grad(q[..., blk, :], qf, log_q, dqf, p,
-                                   dq[..., blk, :], ws))
-        ds = _key_sums_grad(dw, half).div_(n)           # d[k+; k-]^T [v, 1]
-        ds_v, ds_1 = ds[..., :d], ds[..., d:].transpose(-2, -1)
-        ds_vt = ds_v.transpose(-2, -1).contiguous()
-        ds_v = ds_v.contiguous()
-        for blk in _token_blocks(k):
-            kf, log_k = _key_features(k, p, key_mask, blk, ws, True)
-            T = kf.shape[-2]
-            vb = ws('v', B, h, T, d).copy_(v[..., blk, :])
-            dkf = _bmm(vb, ds_vt, ws('dfeat', B, h, T, 2 * d)).add_(ds_1)
-            if key_mask is not None:
-                dkf.mul_(key_mask[..., blk, :])
-            dv[..., blk, :] = _bmm(kf, ds_v, ws('dv', B, h, T, d))
-            dp.add_(_polarity_grad(k[..., blk, :], kf, log_k, dkf, p,
-                                   dk[..., blk, :], ws))
-        return dq, dk, dv, dp.sum_to_size(p.shape), None
+        dq, dk, dv = (torch.empty_like(v) for _ in range(3))
+        dp = _core_backward(dbuf.transpose(1, 2), q, k, v, p, w, ctx.n,
+                            key_mask, dq, dk, dv)
+        return dq, dk, dv, dp, None
 
 
 def pola_linear_attention(q: torch.Tensor,
@@ -321,12 +343,37 @@ def pola_linear_attention(q: torch.Tensor,
         return out.transpose(1, 2).to(out_dtype)
 
 
+def _depthwise_conv_backward(x, w, g, need_x, need_w, need_b, native=None):
+    """Gradients (dx, dw, db; None where not needed) of
+    ``F.conv2d(x, w, b, padding=k // 2, groups=C)`` for the output gradient
+    g (B, C, H, W). On the CPU oneDNN's depthwise weight gradient takes
+    about 10x the forward: there it is one grouped convolution of the
+    padded input with g (one group per image and channel), and dx the
+    convolution of g with the flipped kernel. ``native`` (default: not on
+    the CPU): PyTorch's own convolution backward instead."""
+    B, C, H, W = x.shape
+    k = w.shape[-1]
+    pad = k // 2
+    if x.device.type != 'cpu' if native is None else native:
+        return torch.ops.aten.convolution_backward(
+            g, x, w, [C], [1, 1], [pad, pad], [1, 1], False, [0, 0], C,
+            [need_x, need_w, need_b])
+    dx = dw = db = None
+    if need_x:
+        dx = F.conv2d(g, w.flip(-2, -1), padding=pad, groups=C)
+    if need_w:
+        xp = F.pad(x, (pad, pad, pad, pad)).reshape(
+            1, B * C, H + 2 * pad, W + 2 * pad)
+        dw = F.conv2d(xp, g.reshape(B * C, 1, H, W), groups=B * C)
+        dw = dw.view(B, C, 1, k, k).sum(0)
+    if need_b:
+        db = g.sum((0, 2, 3))
+    return dx, dw, db
+
+
 class _DepthwiseConvCPU(torch.autograd.Function):
-    """``F.conv2d(x, w, b, padding=k // 2, groups=C)`` with a faster CPU
-    backward: oneDNN's depthwise weight gradient takes about 10x the
-    forward; here it is one grouped convolution of the padded input with
-    the output gradient (one group per image and channel), and the input
-    gradient the convolution with the flipped kernel."""
+    """``F.conv2d(x, w, b, padding=k // 2, groups=C)`` with the faster CPU
+    backward of :func:`_depthwise_conv_backward`."""
 
     @staticmethod
     def forward(ctx, x, w, b):
@@ -336,21 +383,7 @@ class _DepthwiseConvCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        B, C, H, W = x.shape
-        k = w.shape[-1]
-        pad = k // 2
-        need_x, need_w, need_b = ctx.needs_input_grad
-        dx = dw = db = None
-        if need_x:
-            dx = F.conv2d(g, w.flip(-2, -1), padding=pad, groups=C)
-        if need_w:
-            xp = F.pad(x, (pad, pad, pad, pad)).reshape(
-                1, B * C, H + 2 * pad, W + 2 * pad)
-            dw = F.conv2d(xp, g.reshape(B * C, 1, H, W), groups=B * C)
-            dw = dw.view(B, C, 1, k, k).sum(0)
-        if need_b:
-            db = g.sum((0, 2, 3))
-        return dx, dw, db
+        return _depthwise_conv_backward(x, w, g, *ctx.needs_input_grad)
 
 
 def depthwise_conv(x, w, b):
@@ -359,6 +392,76 @@ def depthwise_conv(x, w, b):
             and not torch.is_autocast_enabled('cpu')):
         return _DepthwiseConvCPU.apply(x, w, b)
     return F.conv2d(x, w, b, padding=w.shape[-1] // 2, groups=x.shape[1])
+
+
+def _split_heads(qkvg, hw_shape, num_heads):
+    """Views of a (B, N, 4C) projection [q | k | v | g]: q, k, v as heads
+    (B, heads, N, d), v as a channels-last map (B, C, H, W), and g
+    (B, N, C)."""
+    B, N, C4 = qkvg.shape
+    C = C4 // 4
+    q, k, v, g = qkvg.chunk(4, dim=-1)
+
+    def heads(t):
+        return t.view(B, N, num_heads, -1).transpose(1, 2)
+
+    v_map = v.view(B, *hw_shape, C).permute(0, 3, 1, 2)
+    return heads(q), heads(k), heads(v), v_map, g
+
+
+class _PolaMixing(torch.autograd.Function):
+    """Training path of :class:`PolaAttention` between its projections:
+    ``(core(q, k + enc, v) + dwc(v)) * g`` (B, N, C) from the projection
+    qkvg (B, N, 4C) = [q | k | v | g] (q, k already divided by s) and the
+    key encoding enc (1, N, C).
+
+    One autograd node instead of about ten: the forward adds the encoding
+    to the keys block by block; the backward writes the gradients of q, k,
+    v and g straight into one (B, N, 4C) buffer (no per-part buffers, no
+    concatenation, the dwc's input gradient added in place). Kept for
+    backward: qkvg, enc, W, and ``core + dwc`` (the gate's other factor).
+    """
+
+    @staticmethod
+    def forward(ctx, qkvg, enc, p, dwc_w, dwc_b, num_heads, hw_shape):
+        B, N, C4 = qkvg.shape
+        C = C4 // 4
+        q, k, v, v_map, g = _split_heads(qkvg, hw_shape, num_heads)
+        k_add = enc.view(1, N, num_heads, -1).transpose(1, 2)
+        mixed = qkvg.new_empty(B, N, C)
+        w, _ = _core_forward(q, k, v, p, None,
+                             mixed.view(B, N, num_heads, -1).transpose(1, 2),
+                             k_add)
+        dwc = F.conv2d(v_map, dwc_w, dwc_b, padding=dwc_w.shape[-1] // 2,
+                       groups=C)
+        mixed.view(B, *hw_shape, C).add_(dwc.permute(0, 2, 3, 1))
+        ctx.save_for_backward(qkvg, enc, p, w, dwc_w, mixed)
+        ctx.num_heads, ctx.hw_shape = num_heads, hw_shape
+        return mixed * g
+
+    @staticmethod
+    def backward(ctx, dy):
+        qkvg, enc, p, w, dwc_w, mixed = ctx.saved_tensors
+        num_heads, hw_shape = ctx.num_heads, ctx.hw_shape
+        B, N, C4 = qkvg.shape
+        C = C4 // 4
+        q, k, v, v_map, g = _split_heads(qkvg, hw_shape, num_heads)
+        dqkvg = torch.empty_like(qkvg)
+        dq, dk, dv, _, dg = _split_heads(dqkvg, hw_shape, num_heads)
+        torch.mul(dy, mixed, out=dg)
+        dmixed = dy * g
+        k_add = enc.view(1, N, num_heads, -1).transpose(1, 2)
+        dp = _core_backward(
+            dmixed.view(B, N, num_heads, -1).transpose(1, 2), q, k, v, p, w,
+            N, None, dq, dk, dv, k_add)
+        _, need_enc, _, need_w, need_b, _, _ = ctx.needs_input_grad
+        dv_map, dw, db = _depthwise_conv_backward(
+            v_map, dwc_w, dmixed.view(B, *hw_shape, C).permute(0, 3, 1, 2),
+            True, need_w, need_b)
+        dqkvg[..., 2 * C:3 * C].view(B, *hw_shape, C).add_(
+            dv_map.permute(0, 2, 3, 1))
+        denc = dqkvg[..., C:2 * C].sum(0, keepdim=True) if need_enc else None
+        return dqkvg, denc, dp, dw, db, None, None
 
 
 def _interp_matrix(src: int, dst: int, mode: str, like: torch.Tensor):
@@ -514,10 +617,26 @@ class PolaAttention(BaseModule):
         """p = 1 + alpha * sigmoid(power): (1, heads, 1, d)."""
         return 1 + self.alpha * torch.sigmoid(self.power)
 
+    def _mixing_in_one_node(self, x, key_mask):
+        """Whether training may use :class:`_PolaMixing`: gradients on,
+        float32 without autocast, no key mask, not traced."""
+        return (torch.is_grad_enabled() and key_mask is None
+                and x.dtype == torch.float32
+                and not torch.is_autocast_enabled(x.device.type)
+                and not torch.jit.is_tracing()
+                and not torch.jit.is_scripting())
+
     def forward(self, x, hw_shape, key_mask=None):
         B, N, C = x.shape
         H, W = hw_shape
         assert N == H * W, f'{N} tokens do not form a {H}x{W} map'
+        if self._mixing_in_one_node(x, key_mask):
+            w, b, s = self._projection()
+            out = _PolaMixing.apply(
+                F.linear(x, w, b), self._key_encoding(hw_shape, s)(slice(None)),
+                self.exponent(), *self._dwc_params(), self.num_heads,
+                (H, W))
+            return self.proj_drop(self.proj(out))
         q, k, v, g = self.project(x, hw_shape)
         if key_mask is not None:
             v = v * key_mask.reshape(B, N, 1).to(v.dtype)  # nor via dwc
