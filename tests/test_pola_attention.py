@@ -110,6 +110,30 @@ def test_module_saves_no_token_by_token_tensor():
     assert sizes and max(sizes) < N * N
 
 
+def random_attention(fused, heads, hw):
+    """A PolaAttention with random parameters, an input and an output
+    gradient for an ``hw`` map."""
+    torch.manual_seed(heads)
+    C = 32 * heads
+    attn = PolaAttention(C, heads, (8, 8), fused_qkvg=fused)
+    with torch.no_grad():
+        for prm in attn.parameters():
+            prm.normal_(0, 0.3)
+    return (attn, torch.randn(2, hw[0] * hw[1], C),
+            torch.randn(2, hw[0] * hw[1], C))
+
+
+def named_gradients(attn, fn, x, grad_out):
+    """The output of fn(x) (as computed with attn), and it, the gradient
+    of x and of every parameter of attn, named."""
+    attn.zero_grad()
+    xi = x.clone().requires_grad_()
+    out = fn(xi)
+    (out * grad_out).sum().backward()
+    return out, [('out', out.detach()), ('dx', xi.grad)] + [
+        (name, prm.grad.clone()) for name, prm in attn.named_parameters()]
+
+
 @pytest.mark.parametrize('fused, heads, hw', [(False, 1, (9, 13)),
                                               (True, 3, (8, 8)),
                                               (True, 2, (11, 5))])
@@ -117,24 +141,11 @@ def test_module_matches_released_module_with_gradients(fused, heads, hw):
     """The whole layer (projections, in-place scaling, resized positional
     encoding, shared dwc, gate) against the released forward: output and the
     gradient of the input and of every parameter."""
-    torch.manual_seed(heads)
-    C = 32 * heads
-    attn = PolaAttention(C, heads, (8, 8), fused_qkvg=fused)
-    with torch.no_grad():
-        for prm in attn.parameters():
-            prm.normal_(0, 0.3)
-    x = torch.randn(2, hw[0] * hw[1], C)
-    grad_out = torch.randn(2, hw[0] * hw[1], C)
-    results = []
-    for fn in (lambda t: attn(t, hw),
-               lambda t: released_pola_attention(attn, t, hw)):
-        attn.zero_grad()
-        xi = x.clone().requires_grad_()
-        out = fn(xi)
-        (out * grad_out).sum().backward()
-        results.append([('out', out.detach()), ('dx', xi.grad)] + [
-            (name, prm.grad.clone()) for name, prm in attn.named_parameters()])
-    for (name, a), (_, b) in zip(*results):
+    attn, x, grad_out = random_attention(fused, heads, hw)
+    _, fast = named_gradients(attn, lambda t: attn(t, hw), x, grad_out)
+    _, ref = named_gradients(
+        attn, lambda t: released_pola_attention(attn, t, hw), x, grad_out)
+    for (name, a), (_, b) in zip(fast, ref):
         assert rel(a, b) < 1e-5, name
 
 
@@ -222,27 +233,15 @@ def test_training_node_equals_autograd_path(monkeypatch, fused, heads, hw):
     here), in several token blocks; a key mask keeps the per-op path."""
     from mmpola.models import pola_attention as pa
     monkeypatch.setattr(pa, 'CPU_BLOCK_ELEMENTS', 1)
-    torch.manual_seed(heads)
-    C = 32 * heads
-    attn = PolaAttention(C, heads, (8, 8), fused_qkvg=fused)
-    with torch.no_grad():
-        for prm in attn.parameters():
-            prm.normal_(0, 0.3)
-    x = torch.randn(2, hw[0] * hw[1], C)
-    grad_out = torch.randn(2, hw[0] * hw[1], C)
-    results = []
-    for one_node in (True, False):
-        attn.zero_grad()
-        if not one_node:
-            monkeypatch.setattr(PolaAttention, '_mixing_in_one_node',
-                                lambda *a: False)
-        xi = x.clone().requires_grad_()
-        out = attn(xi, hw)
-        assert ('_PolaMixingBackward' in graph_nodes(out)) == one_node
-        (out * grad_out).sum().backward()
-        results.append([('out', out.detach()), ('dx', xi.grad)] + [
-            (name, prm.grad.clone()) for name, prm in attn.named_parameters()])
-    for (name, a), (_, b) in zip(*results):
+    attn, x, grad_out = random_attention(fused, heads, hw)
+    out, one_node = named_gradients(attn, lambda t: attn(t, hw), x,
+                                    grad_out)
+    assert '_PolaMixingBackward' in graph_nodes(out)
+    monkeypatch.setattr(PolaAttention, '_mixing_in_one_node',
+                        lambda *a: False)
+    out, per_op = named_gradients(attn, lambda t: attn(t, hw), x, grad_out)
+    assert '_PolaMixingBackward' not in graph_nodes(out)
+    for (name, a), (_, b) in zip(one_node, per_op):
         assert rel(a, b) < 1e-5, name
     monkeypatch.undo()
     mask = torch.ones(2, hw[0] * hw[1])
