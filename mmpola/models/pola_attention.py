@@ -188,7 +188,8 @@ def _add_key_sums(m, kf, v, ws=None):
     ws = Workspace(v) if ws is None else ws
     d = v.shape[-1]
     vb = ws('v', *v.shape).copy_(v)
-    m[..., :d].add_(_bmm(kf.transpose(-2, -1), vb, ws('kv', *m[..., :d].shape)))
+    kv = _bmm(kf.transpose(-2, -1), vb, ws('kv', *m[..., :d].shape))
+    m[..., :d].add_(kv)
     m[..., d].add_(kf.sum(dim=-2))
 
 
@@ -447,7 +448,7 @@ class _PolaMixing(torch.autograd.Function):
         C = C4 // 4
         q, k, v, v_map, g = _split_heads(qkvg, hw_shape, num_heads)
         dqkvg = torch.empty_like(qkvg)
-        dq, dk, dv, _, dg = _split_heads(dqkvg, hw_shape, num_heads)
+        dq, dk, dv, dv_map, dg = _split_heads(dqkvg, hw_shape, num_heads)
         torch.mul(dy, mixed, out=dg)
         dmixed = dy * g
         k_add = enc.view(1, N, num_heads, -1).transpose(1, 2)
@@ -455,11 +456,10 @@ class _PolaMixing(torch.autograd.Function):
             dmixed.view(B, N, num_heads, -1).transpose(1, 2), q, k, v, p, w,
             N, None, dq, dk, dv, k_add)
         _, need_enc, _, need_w, need_b, _, _ = ctx.needs_input_grad
-        dv_map, dw, db = _depthwise_conv_backward(
+        dv_dwc, dw, db = _depthwise_conv_backward(
             v_map, dwc_w, dmixed.view(B, *hw_shape, C).permute(0, 3, 1, 2),
             True, need_w, need_b)
-        dqkvg[..., 2 * C:3 * C].view(B, *hw_shape, C).add_(
-            dv_map.permute(0, 2, 3, 1))
+        dv_map.add_(dv_dwc)  # the dwc's share of v's gradient
         denc = dqkvg[..., C:2 * C].sum(0, keepdim=True) if need_enc else None
         return dqkvg, denc, dp, dw, db, None, None
 
@@ -632,10 +632,10 @@ class PolaAttention(BaseModule):
         assert N == H * W, f'{N} tokens do not form a {H}x{W} map'
         if self._mixing_in_one_node(x, key_mask):
             w, b, s = self._projection()
-            out = _PolaMixing.apply(
-                F.linear(x, w, b), self._key_encoding(hw_shape, s)(slice(None)),
-                self.exponent(), *self._dwc_params(), self.num_heads,
-                (H, W))
+            enc = self._key_encoding(hw_shape, s)(slice(None))
+            out = _PolaMixing.apply(F.linear(x, w, b), enc, self.exponent(),
+                                    *self._dwc_params(), self.num_heads,
+                                    (H, W))
             return self.proj_drop(self.proj(out))
         q, k, v, g = self.project(x, hw_shape)
         if key_mask is not None:
