@@ -353,7 +353,8 @@ def test_global_and_window_mode_agree_on_the_trained_grid():
 @pytest.mark.parametrize('masked', [False, True])
 def test_split_qkv_window_msa_equals_mmpretrain(masked):
     """Same outputs and gradients (input and every parameter) as
-    mmpretrain's WindowMSA with the same weights."""
+    mmpretrain's WindowMSA with the same weights, and the same outputs
+    without gradients (two images of three windows)."""
     from mmpretrain.models.utils import WindowMSA
     from mmpola.models.pola_swin import SplitQKVWindowMSA
     torch.manual_seed(masked)
@@ -372,6 +373,8 @@ def test_split_qkv_window_msa_equals_mmpretrain(masked):
         grads.append([out, xi.grad] + [p.grad for p in m.parameters()])
     for a, b in zip(*grads):
         assert rel_err(b, a) < 1e-6
+    with torch.no_grad():  # fused attention, bias and mask as one
+        assert rel_err(ours(x, mask), ref(x, mask)) < 1e-6
 
 
 def test_softmax_window_padding_is_masked():
