@@ -9,7 +9,8 @@ Multi-process: ``tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [args]``.
 """
 import argparse
 
-from mmpola.utils.launch import add_common_args, build_runner, load_config
+from mmpola.utils.launch import (add_common_args, build_runner,
+                                 load_config, shutdown_distributed)
 
 
 def parse_args():
@@ -56,7 +57,10 @@ def main():
     if args.out and cfg.default_scope != 'mmseg':
         runner.test_evaluator.metrics.append(
             dump_metric(cfg.default_scope, args.out))
-    runner.test()
+    try:
+        runner.test()
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == '__main__':

@@ -7,7 +7,8 @@ Multi-process: ``tools/dist_train.sh CONFIG NUM_PROCS [args]``.
 """
 import argparse
 
-from mmpola.utils.launch import add_common_args, build_runner, load_config
+from mmpola.utils.launch import (add_common_args, build_runner,
+                                 load_config, shutdown_distributed)
 
 
 def parse_args():
@@ -40,7 +41,10 @@ def main():
     if args.resume is not None:
         cfg.resume = True
         cfg.load_from = None if args.resume == 'auto' else args.resume
-    build_runner(cfg).train()
+    try:
+        build_runner(cfg).train()
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == '__main__':

@@ -115,6 +115,15 @@ def _use_cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group, if any, before the process exits
+    (MMEngine leaves it: a gloo group torn down at interpreter exit can
+    abort the process, "terminate called without an active exception",
+    after the job itself has finished)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _sync_bn_to_bn(node) -> bool:
     """Replace ``SyncBN`` norm configs (CUDA only) by ``BN`` in place."""
     found = False
