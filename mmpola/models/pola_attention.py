@@ -182,10 +182,9 @@ def _bmm(a, b, out):
     return out
 
 
-def _add_key_sums(m, kf, v, ws=None):
+def _add_key_sums(m, kf, v, ws):
     """Accumulate a block of keys: ``m (B, h, 2d, d+1) += kf^T [v, 1]``,
     kf (B, h, T, 2d) its key features, v (B, h, T, d) (any strides)."""
-    ws = Workspace(v) if ws is None else ws
     d = v.shape[-1]
     vb = ws('v', *v.shape).copy_(v)
     kv = _bmm(kf.transpose(-2, -1), vb, ws('kv', *m[..., :d].shape))
@@ -203,12 +202,12 @@ def _query_scores(qf, w, ws):
     return o
 
 
-def _query_output(qf, w, out, ws=None):
+def _query_output(qf, w, out, ws):
     """``[x_sim, x_opp]`` of a block of queries into ``out`` (B, h, T, d):
     one product of its features qf (B, h, T, 2d) with W (B, h, 2d, d+2),
     then the two normalisations."""
     half = out.shape[-1] // 2
-    o = _query_scores(qf, w, Workspace(qf) if ws is None else ws)
+    o = _query_scores(qf, w, ws)
     torch.div(o[..., :half], o[..., half:half + 1], out=out[..., :half])
     torch.div(o[..., half + 1:-1], o[..., -1:], out=out[..., half:])
 
@@ -711,6 +710,7 @@ class PolaAttention(BaseModule):
                       (torch.cat([b[:C], b[3 * C:]]), b[C:3 * C]))
         k_enc = self._key_encoding(hw_shape, s)
         p = self.exponent()
+        ws = Workspace(x)  # the blocks' temporaries
         v = x.new_empty(B, N, C)
         m = x.new_zeros(B, h, 2 * d, d + 1)
         for r0, r1 in blocks:
@@ -718,8 +718,8 @@ class PolaAttention(BaseModule):
             kv = F.linear(norm(x[:, blk]), w_kv, b_kv)        # (B, T, 2C)
             k = kv[..., :C].add_(k_enc(slice(r0, r1)))
             v[:, blk] = kv[..., C:]
-            _add_key_sums(m, polarity_features(heads(k), p),
-                          heads(kv[..., C:]))
+            _add_key_sums(m, polarity_features(heads(k), p, ws),
+                          heads(kv[..., C:]), ws)
         w_att = _w_from_key_sums(m.div_(N), d // 2)
 
         out = torch.empty_like(x) if out is None else out
@@ -730,9 +730,9 @@ class PolaAttention(BaseModule):
             blk = slice(r0 * W, r1 * W)
             xb = x[:, blk]
             qg = F.linear(norm(xb), w_qg, b_qg)                # (B, T, 2C)
-            a = x.new_empty(B, r1 - r0, W, C)
-            _query_output(polarity_features(heads(qg[..., :C]), p), w_att,
-                          heads(a.view(B, -1, C)))
+            a = ws('a', B, r1 - r0, W, C)
+            _query_output(polarity_features(heads(qg[..., :C]), p, ws),
+                          w_att, heads(a.view(B, -1, C)), ws)
             # rows r0..r1 of the conv need v's rows r0 - pad .. r1 + pad
             lo, hi = max(0, r0 - pad), min(H, r1 + pad)
             dwc = F.conv2d(v_map[:, :, lo:hi], dwc_w, dwc_b, padding=pad,
