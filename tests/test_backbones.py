@@ -86,13 +86,20 @@ def test_small_token_blocks_match_released_code(monkeypatch, family):
     model = fixture_backbone(fixture)
     blocks = [m for m in model.modules() if isinstance(m, PreNormBlock)]
     calls = []
-    for b in blocks:
-        b.ffn.register_forward_hook(lambda *_: calls.append(1))
+    tail = PreNormBlock._residual_ffn
+
+    def counted_tail(self, x, a, ws=None):
+        calls.append(ws is not None)
+        return tail(self, x, a, ws)
+
+    monkeypatch.setattr(PreNormBlock, '_residual_ffn', counted_tail)
     with torch.inference_mode():
         outs = model(fixture['input'])
     for out, ref in zip(outs, fixture['stage_outputs']):
         assert rel_err(out, ref) < 1e-5
-    assert len(calls) > 2 * len(blocks)  # the FFNs ran in token blocks
+    # every block ran its residual + FFN tail in row / band blocks, each
+    # with the workspace FFN
+    assert len(calls) > 2 * len(blocks) and all(calls)
 
 
 @pytest.mark.parametrize('family, B, hw', [('pvt', 2, (11, 7)),
@@ -189,6 +196,30 @@ def test_inference_ffn_in_token_blocks(monkeypatch):
         out = block(x, hw)
     assert len(calls) == 5  # 35 tokens in blocks of 8
     assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize('plain', [True, False])
+def test_workspace_ffn_tail_equals_module(plain):
+    """The inference tail with a workspace (hidden map and result in its
+    buffers) gives the FFN module's numbers exactly; an FFN that is not
+    plain (here: dropout, so no workspace path) runs the module."""
+    from mmpola.models.pola_attention import Workspace
+    from mmpola.models.pola_pvt import PolaPVTBlock
+    torch.manual_seed(0)
+    block = PolaPVTBlock(16, 2, 4, (4, 4), drop_rate=0. if plain else .1)
+    block.eval()
+    x, a = torch.randn(2, 30, 16), torch.randn(2, 30, 16)
+    calls = []
+    block.ffn.register_forward_hook(lambda *_: calls.append(1))
+    ws = Workspace(x)
+    with torch.no_grad():
+        ref = block._residual_ffn(x, a.clone())
+        outs = [block._residual_ffn(x, a.clone(), ws) for _ in range(2)]
+    assert len(calls) == (1 if plain else 3)
+    for out in outs:
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    if plain:  # the result lives in the workspace
+        assert outs[0].data_ptr() == outs[1].data_ptr()
 
 
 @pytest.mark.parametrize('hooked', [False, True])

@@ -1,5 +1,6 @@
 """What Pola-PVT and Pola-Swin share as dense-prediction backbones."""
 import copy
+import functools
 
 import torch
 import torch.nn as nn
@@ -11,14 +12,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, trunc_normal_init
 from mmengine.registry import MODELS
 
-from .pola_attention import PolaAttention
-
-
-def _linear_into(out, x, w, b):
-    """``out = F.linear(x, w, b)`` for 2-D x, written into ``out``."""
-    if b is None:
-        return torch.mm(x, w.t(), out=out)
-    return torch.addmm(b, x, w.t(), out=out)
+from .pola_attention import PolaAttention, Workspace, linear_into
 
 
 class _TrainingFFN(torch.autograd.Function):
@@ -38,8 +32,8 @@ class _TrainingFFN(torch.autograd.Function):
         h = u2.new_empty(u2.shape[0], w1.shape[0])       # (M, hidden)
         y = u2.new_empty(u2.shape[0], w2.shape[0])
         for s in _ffn_blocks(*h.shape, h.device):
-            _linear_into(h[s], u2[s], w1, b1)
-            _linear_into(y[s], F.gelu(h[s]), w2, b2)
+            linear_into(h[s], u2[s], w1, b1)
+            linear_into(y[s], F.gelu(h[s]), w2, b2)
         ctx.save_for_backward(u2, h, w1, w2)
         ctx.has_bias = b1 is not None, b2 is not None
         return y.view(*u.shape[:-1], -1)
@@ -120,15 +114,20 @@ class PreNormBlock(BaseModule):
     def _attention(self, x, hw_shape):
         return self.attn(x, hw_shape)
 
-    def _ffn_saves_hidden_once(self, x):
-        """Whether the training FFN can use :class:`_TrainingFFN`: exact
-        GELU, no dropout, no layer scale, no autocast."""
+    def _ffn_is_plain(self):
+        """Whether the FFN is ``fc2(gelu(fc1(u)))``: exact GELU, no
+        dropout, no layer scale."""
         ffn = self.ffn
         if ffn.num_fcs != 2 or not isinstance(ffn.gamma2, nn.Identity):
             return False
         (_, act, drop1), _, drop2 = ffn.layers
         return (isinstance(act, nn.GELU) and act.approximate == 'none'
-                and drop1.p == 0 and drop2.p == 0
+                and drop1.p == 0 and drop2.p == 0)
+
+    def _ffn_saves_hidden_once(self, x):
+        """Whether the training FFN can use :class:`_TrainingFFN`: a plain
+        FFN, no autocast."""
+        return (self._ffn_is_plain()
                 and not torch.is_autocast_enabled(x.device.type))
 
     def _norm_ffn(self, x):
@@ -152,10 +151,28 @@ class PreNormBlock(BaseModule):
         """Whether ``self.attn`` sees the whole map (not windows of it)."""
         return True
 
-    def _residual_ffn(self, x, a):
-        """Inference tail of the block on rows: x + a, then the FFN half."""
+    def _residual_ffn(self, x, a, ws=None):
+        """Inference tail of the block on rows: x + a, then the FFN half.
+
+        With a :class:`Workspace` ``ws`` (reused across the row blocks of
+        one call) a plain FFN writes its hidden map and result into it, so
+        the result is only valid until the next call with the same ws.
+        """
         x = a.add_(x)
-        return self.ffn(self.norm2(x), identity=x)
+        if ws is None or not self._ffn_is_plain():
+            return self.ffn(self.norm2(x), identity=x)
+        (fc1, _, _), fc2, _ = self.ffn.layers
+        u = self.norm2(x).reshape(-1, x.shape[-1])
+        h = linear_into(ws('ffn_h', u.shape[0], fc1.out_features), u,
+                        fc1.weight, fc1.bias)
+        torch.ops.aten.gelu_(h)
+        y = linear_into(ws('ffn_y', *u.shape), h, fc2.weight, fc2.bias)
+        return y.add_(x.reshape(u.shape)).view(x.shape)
+
+    def _residual_ffn_rows(self, x):
+        """:meth:`_residual_ffn` as the epilogue of one row-wise pass over
+        x, with a workspace of its own."""
+        return functools.partial(self._residual_ffn, ws=Workspace(x))
 
     def forward(self, x, hw_shape, inplace=False):
         """``inplace``: x may be overwritten with the output (used by CPU
@@ -166,7 +183,7 @@ class PreNormBlock(BaseModule):
             # the whole block in blocks of rows (same numbers, no large
             # intermediate buffers)
             return self.attn.forward_in_row_blocks(
-                x, hw_shape, self.norm1, self._residual_ffn,
+                x, hw_shape, self.norm1, self._residual_ffn_rows(x),
                 out=x if inplace else None)
 
         def _inner(x):

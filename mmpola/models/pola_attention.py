@@ -73,6 +73,14 @@ class Workspace:
         return self(name, *x.shape)
 
 
+def linear_into(out, x, w, b):
+    """``F.linear(x, w, b)`` of a 2-D x written into ``out`` (e.g. a
+    :class:`Workspace` buffer: no fresh output)."""
+    if b is None:
+        return torch.mm(x, w.t(), out=out)
+    return torch.addmm(b, x, w.t(), out=out)
+
+
 def polarity_features(x: torch.Tensor, p: torch.Tensor,
                       ws: Optional[Workspace] = None,
                       keep_log: bool = False):
@@ -492,8 +500,16 @@ def token_grid_rows(tokens: torch.Tensor, src_hw: Tuple[int, int],
     row_matrix = _interp_matrix(hs, hd, mode, tokens) if hs != hd else None
 
     def rows(sl: slice) -> torch.Tensor:
-        out = grid[sl] if row_matrix is None else row_matrix[sl] @ grid
-        return out.reshape(1, -1, C)
+        if row_matrix is None:
+            return grid[sl].reshape(1, -1, C)
+        m, lo, hi = row_matrix[sl], 0, hs
+        if m.shape[0] < hd:
+            # only the source rows these rows are made of (4 each for
+            # bicubic): a block of rows costs a few, not all hs
+            used = m.ne(0).any(0).nonzero()
+            if used.numel():
+                lo, hi = int(used[0]), int(used[-1]) + 1
+        return (m[:, lo:hi] @ grid[lo:hi]).reshape(1, -1, C)
 
     return rows
 
@@ -713,9 +729,14 @@ class PolaAttention(BaseModule):
         ws = Workspace(x)  # the blocks' temporaries
         v = x.new_empty(B, N, C)
         m = x.new_zeros(B, h, 2 * d, d + 1)
+        def project(xb, name, w, b):  # norm, then (B, T, C) -> (B, T, 2C)
+            u = norm(xb).reshape(-1, C)
+            return linear_into(ws(name, u.shape[0], 2 * C), u, w, b).view(
+                B, -1, 2 * C)
+
         for r0, r1 in blocks:
             blk = slice(r0 * W, r1 * W)
-            kv = F.linear(norm(x[:, blk]), w_kv, b_kv)        # (B, T, 2C)
+            kv = project(x[:, blk], 'x_kv', w_kv, b_kv)
             k = kv[..., :C].add_(k_enc(slice(r0, r1)))
             v[:, blk] = kv[..., C:]
             _add_key_sums(m, polarity_features(heads(k), p, ws),
@@ -729,7 +750,7 @@ class PolaAttention(BaseModule):
         for r0, r1 in blocks:
             blk = slice(r0 * W, r1 * W)
             xb = x[:, blk]
-            qg = F.linear(norm(xb), w_qg, b_qg)                # (B, T, 2C)
+            qg = project(xb, 'x_qg', w_qg, b_qg)
             a = ws('a', B, r1 - r0, W, C)
             _query_output(polarity_features(heads(qg[..., :C]), p, ws),
                           w_att, heads(a.view(B, -1, C)), ws)
@@ -738,6 +759,8 @@ class PolaAttention(BaseModule):
             dwc = F.conv2d(v_map[:, :, lo:hi], dwc_w, dwc_b, padding=pad,
                            groups=C)[:, :, r0 - lo:r1 - lo]
             a.add_(dwc.permute(0, 2, 3, 1))
-            a = a.view(B, -1, C).mul_(qg[..., C:])
-            out[:, blk] = epilogue(xb, self.proj_drop(self.proj(a)))
+            a = a.view(-1, C).mul_(qg[..., C:].reshape(-1, C))
+            a = linear_into(ws('proj', *a.shape), a, self.proj.weight,
+                            self.proj.bias).view(B, -1, C)
+            out[:, blk] = epilogue(xb, self.proj_drop(a))
         return out

@@ -154,7 +154,7 @@ class PolaSwinBlock(PreNormBlock):
             # large intermediate buffers)
             return shifted_window_bands(
                 x, hw_shape, self.window_size, self._shift(hw_shape),
-                self._window_attend(), self.norm1, self._residual_ffn,
+                self._window_attend(), self.norm1, self._residual_ffn_rows(x),
                 self.CPU_BAND_ELEMENTS, out=x if inplace else None)
         return super().forward(x, hw_shape, inplace)
 
