@@ -405,7 +405,15 @@ def test_split_qkv_window_msa_equals_mmpretrain(masked):
     for a, b in zip(*grads):
         assert rel_err(b, a) < 1e-6
     with torch.no_grad():  # fused attention, bias and mask as one
-        assert rel_err(ours(x, mask), ref(x, mask)) < 1e-6
+        expected = ref(x, mask)
+        assert rel_err(ours(x, mask), expected) < 1e-6
+        # band inference: bias built once, projections into a workspace
+        from mmpola.models.pola_attention import Workspace
+        ws, bias = Workspace(x), ours.attention_bias(mask)
+        for _ in range(2):
+            assert rel_err(ours(x, attn_bias=bias, ws=ws), expected) < 1e-6
+    with pytest.raises(AssertionError):  # inference-only arguments
+        ours(x, attn_bias=bias)
 
 
 def test_softmax_window_padding_is_masked():

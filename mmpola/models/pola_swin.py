@@ -11,7 +11,8 @@ from mmengine.utils import to_2tuple
 from mmpretrain.models.utils import WindowMSA
 
 from .backbone_utils import DenseBackboneMixin, PreNormBlock, run_blocks
-from .pola_attention import PolaAttention, cpu_inference_in_parts
+from .pola_attention import (PolaAttention, Workspace,
+                             cpu_inference_in_parts, linear_into)
 from .windows import (PAD_LABEL, shifted_window_attention,
                       shifted_window_bands)
 
@@ -32,32 +33,58 @@ class SplitQKVWindowMSA(WindowMSA):
         -> (B*nW, ws*ws, C).
     """
 
-    def forward(self, x, mask=None):
-        B_, N, C = x.shape
-        h = self.num_heads
-        q, k, v = (t.transpose(1, 2) for t in  # (B_, h, N, d) views
-                   self.qkv(x).view(B_, N, 3, h, C // h).unbind(2))
+    def attention_bias(self, mask=None):
+        """Relative position bias plus ``mask`` (nW, N, N), as one additive
+        mask: (nW or 1, h, N, N), contiguous."""
+        N = self.relative_position_index.shape[0]
         bias = self.relative_position_bias_table[
             self.relative_position_index.view(-1)].view(N, N, -1)
         bias = bias.permute(2, 0, 1).unsqueeze(0)             # (1, h, N, N)
-        if not torch.is_grad_enabled():
-            if mask is not None:  # (B_ // nW, nW, h, N, N)
-                nW = mask.shape[0]
-                bias = (bias + mask.unsqueeze(1)).expand(
+        if mask is not None:
+            bias = bias + mask.unsqueeze(1)
+        return bias.contiguous()
+
+    def forward(self, x, mask=None, attn_bias=None, ws=None):
+        """``attn_bias`` (:meth:`attention_bias`) and ``ws`` (a
+        :class:`Workspace` for the projections' outputs; the result is then
+        valid until its next use) are for inference only."""
+        B_, N, C = x.shape
+        h = self.num_heads
+        grad = torch.is_grad_enabled()
+        assert not grad or (attn_bias is None and ws is None)
+        if ws is None:
+            qkv = self.qkv(x)
+        else:
+            qkv = linear_into(ws('qkv', B_ * N, 3 * C), x.reshape(-1, C),
+                              self.qkv.weight, self.qkv.bias)
+        q, k, v = (t.transpose(1, 2) for t in  # (B_, h, N, d) views
+                   qkv.view(B_, N, 3, h, C // h).unbind(2))
+        if not grad:
+            if attn_bias is None:
+                attn_bias = self.attention_bias(mask)
+            nW = attn_bias.shape[0]
+            if nW not in (1, B_):  # (B_ // nW, nW, h, N, N)
+                attn_bias = attn_bias.expand(
                     B_ // nW, -1, -1, -1, -1).reshape(B_, h, N, N)
             x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale,
+                q, k, v, attn_mask=attn_bias.to(q.dtype), scale=self.scale,
                 dropout_p=self.attn_drop.p if self.training else 0.)
         else:
+            bias = self.attention_bias()
             attn = (q * self.scale) @ k.transpose(-2, -1)
-            attn = attn + bias.contiguous()
+            attn = attn + bias
             if mask is not None:
                 nW = mask.shape[0]
                 attn = (attn.view(B_ // nW, nW, h, N, N) +
                         mask.unsqueeze(1).unsqueeze(0)).view(-1, h, N, N)
             x = self.attn_drop(self.softmax(attn)) @ v
         x = x.transpose(1, 2).reshape(B_, N, C)
-        return self.proj_drop(self.proj(x))
+        if ws is not None:
+            x = linear_into(ws('proj', B_ * N, C), x.view(-1, C),
+                            self.proj.weight, self.proj.bias).view(B_, N, C)
+        else:
+            x = self.proj(x)
+        return self.proj_drop(x)
 
 
 class PolaSwinBlock(PreNormBlock):
@@ -118,17 +145,34 @@ class PolaSwinBlock(PreNormBlock):
         ws = self.window_size
         return ws // 2 if self.shift and min(hw_shape) > ws else 0
 
-    def _window_attend(self):
-        """``attend(windows (B*nW, ws*ws, C), labels (nW, ws*ws) or None)``
-        for :func:`shifted_window_attention`."""
-        ws = self.window_size
+    def _window_attend(self, ws=None):
+        """``attend(windows (B*nW, w*w, C), labels (nW, w*w) or None)``
+        for :func:`shifted_window_attention`. With a :class:`Workspace`
+        (inference in bands) softmax windows project into it and build the
+        attention bias once per label pattern."""
+        window = self.window_size
         if self.attn_type == 'softmax':
+            biases = []  # (labels, attention bias) of the patterns seen
+
+            def bias_of(labels, mask):
+                for seen, bias in biases:
+                    if (seen is labels is None or (
+                            seen is not None and labels is not None
+                            and seen.shape == labels.shape
+                            and torch.equal(seen, labels))):
+                        return bias
+                biases.append((labels, self.attn.attention_bias(mask)))
+                return biases[-1][1]
+
             def attend(windows, labels):
                 mask = None
                 if labels is not None:
                     mask = (labels[:, :, None] != labels[:, None, :]) * -100.
                     mask = mask.to(windows.dtype)
-                return self.attn(windows, mask=mask)
+                if ws is None:
+                    return self.attn(windows, mask=mask)
+                return self.attn(windows, attn_bias=bias_of(labels, mask),
+                                 ws=ws)
         else:
             def attend(windows, labels):
                 # Released Pola windows ignore the shift mask; only
@@ -137,7 +181,7 @@ class PolaSwinBlock(PreNormBlock):
                 if labels is not None:
                     key_mask = (labels != PAD_LABEL).repeat(
                         windows.shape[0] // labels.shape[0], 1)
-                return self.attn(windows, (ws, ws), key_mask)
+                return self.attn(windows, (window, window), key_mask)
         return attend
 
     def _attention(self, x, hw_shape):
@@ -154,7 +198,8 @@ class PolaSwinBlock(PreNormBlock):
             # large intermediate buffers)
             return shifted_window_bands(
                 x, hw_shape, self.window_size, self._shift(hw_shape),
-                self._window_attend(), self.norm1, self._residual_ffn_rows(x),
+                self._window_attend(Workspace(x)), self.norm1,
+                self._residual_ffn_rows(x),
                 self.CPU_BAND_ELEMENTS, out=x if inplace else None)
         return super().forward(x, hw_shape, inplace)
 
