@@ -198,13 +198,17 @@ def test_inference_ffn_in_token_blocks(monkeypatch):
     assert rel_err(out, ref) < 1e-5
 
 
-@pytest.mark.parametrize('plain', [True, False])
-def test_workspace_ffn_tail_equals_module(plain):
+@pytest.mark.parametrize('plain, part_tokens', [(True, 1024), (True, 7),
+                                                 (False, 1024)])
+def test_workspace_ffn_tail_equals_module(monkeypatch, plain, part_tokens):
     """The inference tail with a workspace (hidden map and result in its
-    buffers) gives the FFN module's numbers exactly; an FFN that is not
-    plain (here: dropout, so no workspace path) runs the module."""
+    buffers, rows in parts: here one, or 60 rows in 8) gives the FFN
+    module's numbers exactly; an FFN that is not plain (here: dropout, so
+    no workspace path) runs the module."""
+    from mmpola.models.backbone_utils import PreNormBlock
     from mmpola.models.pola_attention import Workspace
     from mmpola.models.pola_pvt import PolaPVTBlock
+    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_TOKENS', part_tokens)
     torch.manual_seed(0)
     block = PolaPVTBlock(16, 2, 4, (4, 4), drop_rate=0. if plain else .1)
     block.eval()
