@@ -126,7 +126,12 @@ def shifted_window_bands(x: torch.Tensor, hw_shape: Tuple[int, int],
         rows = (torch.arange(j0 * ws, j1 * ws, device=x.device) + shift) % Hp
         real = rows < H
         src = rows[real]
-        x_rows = x_map.index_select(1, src)                    # a copy
+        # x's rows of the band: a view unless they wrap around (every read
+        # of them comes before the band's result is written to out)
+        r0 = int(src[0])
+        x_rows = (x_map[:, r0:r0 + len(src)] if bool(
+            (src == torch.arange(r0, r0 + len(src), device=src.device)).all())
+            else x_map.index_select(1, src))
         band = x.new_zeros(B, len(rows), Wp, C)
         band[:, real, :W] = norm(x_rows)
         if shift:
@@ -137,7 +142,8 @@ def shifted_window_bands(x: torch.Tensor, hw_shape: Tuple[int, int],
                            ws, len(rows), Wp)
         if shift:
             a = torch.roll(a, shift, 2)
-        a = a[:, real, :W].reshape(B, -1, C)
+        a = (a[:, :, :W] if bool(real.all()) else a[:, real, :W]).reshape(
+            B, -1, C)
         out_map.index_copy_(1, src, epilogue(
             x_rows.view(B, -1, C), a).view(B, -1, W, C))
     return out
