@@ -729,6 +729,7 @@ class PolaAttention(BaseModule):
         ws = Workspace(x)  # the blocks' temporaries
         v = x.new_empty(B, N, C)
         m = x.new_zeros(B, h, 2 * d, d + 1)
+
         def project(xb, name, w, b):  # norm, then (B, T, C) -> (B, T, 2C)
             u = norm(xb).reshape(-1, C)
             return linear_into(ws(name, u.shape[0], 2 * C), u, w, b).view(
