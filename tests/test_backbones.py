@@ -81,7 +81,7 @@ def test_small_token_blocks_match_released_code(monkeypatch, family):
     monkeypatch.setattr(pa, 'CPU_BLOCK_ELEMENTS', 1)
     monkeypatch.setattr(pa.PolaAttention, 'CPU_ROW_BLOCK_ELEMENTS', 1)
     monkeypatch.setattr(PreNormBlock, 'CPU_FFN_WHOLE', 0)
-    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_BLOCK', 1000)
+    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_TOKENS', 7)
     fixture = load_fixture(family)
     model = fixture_backbone(fixture)
     blocks = [m for m in model.modules() if isinstance(m, PreNormBlock)]
@@ -180,21 +180,25 @@ def test_window_band_inference_matches_autograd_path(monkeypatch, attn_type,
 
 def test_inference_ffn_in_token_blocks(monkeypatch):
     """Inference outside the row-block path (here: a hook on the attention)
-    runs a large FFN in uneven token blocks, with the same numbers."""
-    from mmpola.models.backbone_utils import PreNormBlock
+    runs a large FFN in even parts of its tokens, with the same numbers."""
+    import mmpola.models.backbone_utils as bu
     from mmpola.models.pola_pvt import PolaPVTBlock
     torch.manual_seed(0)
     B, hw, C = 2, (5, 7), 32
     block = PolaPVTBlock(C, 1, 4, (4, 4))
     x, ref = random_block_reference(block, B, hw, C)
     block.attn.register_forward_hook(lambda *_: None)  # no row blocks
-    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_WHOLE', 0)
-    monkeypatch.setattr(PreNormBlock, 'CPU_FFN_BLOCK', 8 * B * 4 * C)
-    calls = []
-    block.ffn.register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(bu.PreNormBlock, 'CPU_FFN_WHOLE', 0)
+    monkeypatch.setattr(bu.PreNormBlock, 'CPU_FFN_TOKENS', 8)
+    products, module_calls = [], []
+    linear_into = bu.linear_into
+    monkeypatch.setattr(bu, 'linear_into', lambda out, *a: products.append(
+        out.shape[0]) or linear_into(out, *a))
+    block.ffn.register_forward_hook(lambda *_: module_calls.append(1))
     with torch.inference_mode():
         out = block(x, hw)
-    assert len(calls) == 5  # 35 tokens in blocks of 8
+    # 70 rows in 8 parts of 9 (the last of 7), two products each
+    assert products == [9, 9] * 7 + [7, 7] and not module_calls
     assert rel_err(out, ref) < 1e-5
 
 

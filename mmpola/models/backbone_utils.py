@@ -67,8 +67,8 @@ class _TrainingFFN(torch.autograd.Function):
 
 
 def _ffn_blocks(M, hidden, device):
-    """Token slices of an (M, hidden) map to process at once: blocks of
-    about ``PreNormBlock.CPU_FFN_BLOCK`` elements on the CPU."""
+    """Token slices of an (M, hidden) map for :class:`_TrainingFFN`: blocks
+    of about ``PreNormBlock.CPU_FFN_BLOCK`` elements on the CPU."""
     step = (max(1, PreNormBlock.CPU_FFN_BLOCK // hidden)
             if device.type == 'cpu' else M)
     return [slice(i, min(i + step, M)) for i in range(0, M, step)]
@@ -104,16 +104,15 @@ class PreNormBlock(BaseModule):
                        act_cfg=dict(type='GELU'), add_identity=True)
 
     # CPU inference: a hidden map (B, N, mlp_ratio * C) larger than
-    # CPU_FFN_WHOLE elements is computed in token blocks of about
-    # CPU_FFN_BLOCK elements instead of being allocated whole (fresh large
-    # buffers cost page faults; small ones are reused by the allocator and
-    # stay in cache). Row-wise, so the numbers are the same.
+    # CPU_FFN_WHOLE elements is computed in even parts of at least
+    # CPU_FFN_TOKENS tokens (:meth:`_ffn_in_parts`) instead of being
+    # allocated whole: a part's hidden map stays in the core's cache between
+    # fc1, GELU and fc2 (fresh large buffers cost page faults). Row-wise, so
+    # the numbers are the same. Training: token blocks of about
+    # CPU_FFN_BLOCK elements (:class:`_TrainingFFN`).
     CPU_FFN_WHOLE = 1 << 23
-    CPU_FFN_BLOCK = 1 << 20
-    # the workspace tail (:meth:`_residual_ffn`) splits its rows into even
-    # parts of at least this many tokens: a hidden map of that size stays
-    # in the core's cache between fc1, GELU and fc2
     CPU_FFN_TOKENS = 1024
+    CPU_FFN_BLOCK = 1 << 20
 
     def _attention(self, x, hw_shape):
         return self.attn(x, hw_shape)
@@ -141,15 +140,29 @@ class PreNormBlock(BaseModule):
             (fc1, _, _), fc2, _ = self.ffn.layers
             return x + self.ffn.dropout_layer(_TrainingFFN.apply(
                 self.norm2(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias))
-        hidden = B * self.ffn.feedforward_channels
         if (torch.is_grad_enabled() or x.device.type != 'cpu'
-                or N * hidden <= self.CPU_FFN_WHOLE):
+                or N * B * self.ffn.feedforward_channels <= self.CPU_FFN_WHOLE
+                or not self._ffn_is_plain()):
             return self.ffn(self.norm2(x), identity=x)
-        out = torch.empty_like(x)
-        for sl in _ffn_blocks(N, hidden, x.device):
-            xb = x[:, sl]
-            out[:, sl] = self.ffn(self.norm2(xb), identity=xb)
-        return out
+        return self._ffn_in_parts(x, Workspace(x))
+
+    def _ffn_in_parts(self, x, ws):
+        """Inference of x + FFN(norm2(x)) for a plain FFN, (B, T, C) ->
+        (B, T, C), over even parts of the B * T rows; the hidden map and the
+        result are buffers of :class:`Workspace` ``ws`` (the result is valid
+        until ws is used again)."""
+        (fc1, _, _), fc2, _ = self.ffn.layers
+        u = self.norm2(x).reshape(-1, x.shape[-1])
+        y = ws('ffn_y', *u.shape)
+        M = u.shape[0]
+        step = -(-M // max(1, M // self.CPU_FFN_TOKENS))
+        for i in range(0, M, step):
+            j = min(i + step, M)
+            h = linear_into(ws('ffn_h', j - i, fc1.out_features), u[i:j],
+                            fc1.weight, fc1.bias)
+            torch.ops.aten.gelu_(h)
+            linear_into(y[i:j], h, fc2.weight, fc2.bias)
+        return y.add_(x.reshape(u.shape)).view(x.shape)
 
     def _is_global(self, hw_shape):
         """Whether ``self.attn`` sees the whole map (not windows of it)."""
@@ -159,24 +172,13 @@ class PreNormBlock(BaseModule):
         """Inference tail of the block on rows: x + a, then the FFN half.
 
         With a :class:`Workspace` ``ws`` (reused across the row blocks of
-        one call) a plain FFN writes its hidden map and result into it, so
-        the result is only valid until the next call with the same ws.
+        one call) a plain FFN runs in parts (:meth:`_ffn_in_parts`), so the
+        result is only valid until the next call with the same ws.
         """
         x = a.add_(x)
         if ws is None or not self._ffn_is_plain():
             return self.ffn(self.norm2(x), identity=x)
-        (fc1, _, _), fc2, _ = self.ffn.layers
-        u = self.norm2(x).reshape(-1, x.shape[-1])
-        y = ws('ffn_y', *u.shape)
-        M = u.shape[0]
-        step = -(-M // max(1, M // self.CPU_FFN_TOKENS))  # even parts
-        for i in range(0, M, step):
-            j = min(i + step, M)
-            h = linear_into(ws('ffn_h', j - i, fc1.out_features), u[i:j],
-                            fc1.weight, fc1.bias)
-            torch.ops.aten.gelu_(h)
-            linear_into(y[i:j], h, fc2.weight, fc2.bias)
-        return y.add_(x.reshape(u.shape)).view(x.shape)
+        return self._ffn_in_parts(x, ws)
 
     def _residual_ffn_rows(self, x):
         """:meth:`_residual_ffn` as the epilogue of one row-wise pass over

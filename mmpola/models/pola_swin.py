@@ -154,25 +154,29 @@ class PolaSwinBlock(PreNormBlock):
         if self.attn_type == 'softmax':
             biases = []  # (labels, attention bias) of the patterns seen
 
-            def bias_of(labels, mask):
+            def mask_of(labels, dtype):
+                if labels is None:
+                    return None
+                return ((labels[:, :, None] != labels[:, None, :])
+                        * -100.).to(dtype)
+
+            def bias_of(labels, dtype):
                 for seen, bias in biases:
                     if (seen is labels is None or (
                             seen is not None and labels is not None
                             and seen.shape == labels.shape
                             and torch.equal(seen, labels))):
                         return bias
-                biases.append((labels, self.attn.attention_bias(mask)))
+                biases.append((labels, self.attn.attention_bias(
+                    mask_of(labels, dtype))))
                 return biases[-1][1]
 
             def attend(windows, labels):
-                mask = None
-                if labels is not None:
-                    mask = (labels[:, :, None] != labels[:, None, :]) * -100.
-                    mask = mask.to(windows.dtype)
                 if ws is None:
-                    return self.attn(windows, mask=mask)
-                return self.attn(windows, attn_bias=bias_of(labels, mask),
-                                 ws=ws)
+                    return self.attn(windows,
+                                     mask=mask_of(labels, windows.dtype))
+                return self.attn(windows, ws=ws,
+                                 attn_bias=bias_of(labels, windows.dtype))
         else:
             def attend(windows, labels):
                 # Released Pola windows ignore the shift mask; only
