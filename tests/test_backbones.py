@@ -283,6 +283,84 @@ def test_token_patch_merging_matches_mmcv(hw):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize('padding', ['corner', 'same'])
+@pytest.mark.parametrize('layout', ['image', 'token_map'])
+def test_channels_last_patch_embed_matches_mmcv(monkeypatch, padding,
+                                                layout):
+    """In CPU inference the channels-last PatchEmbed gives mmcv's tokens
+    (odd sizes: padding) with the same parameters, from an image and from
+    a token map passed as a channels-last view, without mmcv's forward;
+    with gradients or a hook it is mmcv's forward."""
+    from mmcv.cnn.bricks.transformer import PatchEmbed
+    from mmpola.models.backbone_utils import ChannelsLastPatchEmbed
+    torch.manual_seed(0)
+    C, k = (3, 4) if layout == 'image' else (8, 2)
+    kw = dict(in_channels=C, embed_dims=16, kernel_size=k, stride=k,
+              padding=padding, norm_cfg=dict(type='LN'))
+    ref, fast = PatchEmbed(**kw), ChannelsLastPatchEmbed(**kw)
+    with torch.no_grad():
+        for prm in ref.parameters():
+            prm.normal_()
+    fast.load_state_dict(ref.state_dict())
+    if layout == 'image':
+        x = torch.randn(2, C, 13, 18)
+    else:
+        x = torch.randn(2, 13 * 18, C).transpose(1, 2).unflatten(2, (13, 18))
+    mmcv_calls = []
+    mmcv_forward = PatchEmbed.forward
+
+    def counted(self, x):
+        mmcv_calls.append(self)
+        return mmcv_forward(self, x)
+
+    monkeypatch.setattr(PatchEmbed, 'forward', counted)
+    with torch.no_grad():
+        y0, hw0 = ref(x)
+        y1, hw1 = fast(x)
+    assert mmcv_calls == [ref]
+    assert hw1 == hw0 and y1.is_contiguous()
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    y2, _ = fast(x)  # gradients on: mmcv's forward
+    fast.register_forward_hook(lambda *args: None)
+    with torch.no_grad():
+        y3, _ = fast(x)
+    assert mmcv_calls == [ref, fast, fast]
+    assert torch.equal(y2.detach(), y0) and torch.equal(y3, y0)
+
+
+@pytest.mark.parametrize('normed', [False, True])
+def test_tokens_to_map_in_token_blocks(monkeypatch, normed):
+    """CPU inference norms and transposes output maps in token blocks
+    (uneven last block): the same numbers as the whole map at once; a hook
+    on the norm gets the whole map."""
+    import torch.nn as nn
+    import mmpola.models.backbone_utils as bu
+    monkeypatch.setattr(bu, 'CPU_TRANSPOSE_ELEMENTS', 2 * 4 * 3)
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 5 * 7, 4)
+    norm = nn.LayerNorm(4) if normed else None
+    if normed:
+        with torch.no_grad():
+            norm.weight.normal_()
+            norm.bias.normal_()
+    ref = (norm(tokens) if normed else tokens).transpose(1, 2).reshape(
+        2, 4, 5, 7)
+    parts = []
+    monkeypatch.setattr(torch.Tensor, 'transpose', lambda t, *dims: (
+        parts.append(t.shape[1]), torch.transpose(t, *dims))[1])
+    with torch.no_grad():
+        out = bu.tokens_to_map(tokens, (5, 7), norm)
+    assert out.is_contiguous() and torch.equal(out, ref.detach())
+    assert parts == [3] * 11 + [2]
+    if normed:
+        seen = []
+        norm.register_forward_pre_hook(
+            lambda m, args: seen.append(args[0].shape[1]))
+        with torch.no_grad():
+            out = bu.tokens_to_map(tokens, (5, 7), norm)
+        assert seen == [35] and torch.equal(out, ref.detach())
+
+
 def test_training_ffn_keeps_one_hidden_map(monkeypatch):
     """The training FFN (both passes in uneven token blocks, GELU
     recomputed in backward) gives mmcv FFN's output and gradients and saves

@@ -523,14 +523,16 @@ def resize_token_grid(tokens: torch.Tensor, src_hw: Tuple[int, int],
     return token_grid_rows(tokens, src_hw, dst_hw, mode)(slice(None))
 
 
-def cpu_inference_in_parts(x: torch.Tensor, module: nn.Module) -> bool:
+def cpu_inference_in_parts(x: torch.Tensor,
+                           module: Optional[nn.Module] = None) -> bool:
     """Whether CPU inference may compute ``module``'s result in parts of
     the token map instead of calling its forward: CPU, no gradient, no
     autocast, and nothing that observes the module (forward hooks, e.g.
     of the attention-map tool; tracing, e.g. of the FLOP counter)."""
     return (x.device.type == 'cpu' and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled('cpu')
-            and not module._forward_hooks and not module._forward_pre_hooks
+            and (module is None or not (module._forward_hooks
+                                        or module._forward_pre_hooks))
             and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
 

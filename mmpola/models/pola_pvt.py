@@ -1,11 +1,11 @@
 """Pola-PVT: PVT v1 with Pola attention in every stage."""
 import torch
 import torch.nn as nn
-from mmcv.cnn.bricks.transformer import PatchEmbed
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
-from .backbone_utils import DenseBackboneMixin, PreNormBlock, run_blocks
+from .backbone_utils import (ChannelsLastPatchEmbed, DenseBackboneMixin,
+                             PreNormBlock, run_blocks)
 from .pola_attention import PolaAttention, resize_token_grid
 
 
@@ -107,7 +107,7 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         for i in range(self.num_stages):
             grid //= patch_sizes[i]
             self.pretrain_grids.append((grid, grid))
-            self.add_module(f'patch_embed{i + 1}', PatchEmbed(
+            self.add_module(f'patch_embed{i + 1}', ChannelsLastPatchEmbed(
                 in_channels if i == 0 else dims[i - 1], dims[i],
                 kernel_size=patch_sizes[i], stride=patch_sizes[i],
                 norm_cfg=dict(type='LN', eps=1e-5)))

@@ -4,13 +4,14 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn.bricks.transformer import PatchEmbed, PatchMerging
+from mmcv.cnn.bricks.transformer import PatchMerging
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 from mmengine.utils import to_2tuple
 from mmpretrain.models.utils import WindowMSA
 
-from .backbone_utils import DenseBackboneMixin, PreNormBlock, run_blocks
+from .backbone_utils import (ChannelsLastPatchEmbed, DenseBackboneMixin,
+                             PreNormBlock, run_blocks)
 from .pola_attention import (PolaAttention, Workspace,
                              cpu_inference_in_parts, linear_into)
 from .windows import (PAD_LABEL, shifted_window_attention,
@@ -383,7 +384,7 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         self.pretrain_img_size = pretrain_img_size
         self.pola_attn_mode = pola_attn_mode
 
-        self.patch_embed = PatchEmbed(
+        self.patch_embed = ChannelsLastPatchEmbed(
             in_channels, embed_dims, kernel_size=patch_size, stride=patch_size,
             norm_cfg=norm_cfg)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
