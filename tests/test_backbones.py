@@ -335,7 +335,7 @@ def test_tokens_to_map_in_token_blocks(monkeypatch, normed):
     on the norm gets the whole map."""
     import torch.nn as nn
     import mmpola.models.backbone_utils as bu
-    monkeypatch.setattr(bu, 'CPU_TRANSPOSE_ELEMENTS', 2 * 4 * 3)
+    monkeypatch.setattr(bu, 'CPU_MAP_BLOCK_ELEMENTS', 2 * 4 * 3)
     torch.manual_seed(0)
     tokens = torch.randn(2, 5 * 7, 4)
     norm = nn.LayerNorm(4) if normed else None
@@ -359,6 +359,49 @@ def test_tokens_to_map_in_token_blocks(monkeypatch, normed):
         with torch.no_grad():
             out = bu.tokens_to_map(tokens, (5, 7), norm)
         assert seen == [35] and torch.equal(out, ref.detach())
+
+
+def test_inference_map_passes_in_token_blocks(monkeypatch):
+    """CPU inference adds Pola-PVT's position embeddings in place by blocks
+    of rows and norms the patch embeddings in place by token blocks: the
+    same outputs as the whole-map passes (forced with a global hook), and
+    the patch embedding's output is what receives the embedding."""
+    import torch.nn as nn
+    import mmpola.models.backbone_utils as bu
+    monkeypatch.setattr(bu, 'CPU_MAP_BLOCK_ELEMENTS', 100)
+    torch.manual_seed(0)
+    model = PolaPVT(arch=dict(embed_dims=[8, 16, 24, 32],
+                              depths=[1, 1, 1, 1], num_heads=[1, 2, 3, 4],
+                              mlp_ratios=[2, 2, 2, 2]),
+                    pretrain_img_size=32).eval()
+    for prm in model.parameters():
+        nn.init.normal_(prm, std=0.5)
+    x = torch.randn(2, 3, 45, 61)
+    embedded, added = [], []
+    model.patch_embed2.register_forward_hook(
+        lambda m, args, out: embedded.append(out[0].data_ptr()))
+    add = bu.add_resized_grid_
+
+    def counted(x, *args):
+        added.append(x.data_ptr())
+        return add(x, *args)
+
+    monkeypatch.setattr(
+        'mmpola.models.pola_pvt.add_resized_grid_', counted)
+    with torch.no_grad():
+        out = model(x)
+    # the hooked embedding gets a fresh sum; the others in place
+    assert len(added) == 3 and embedded[0] not in added
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda *args: None)
+    try:
+        with torch.no_grad():
+            ref = model(x)
+    finally:
+        handle.remove()
+    assert len(added) == 3
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_training_ffn_keeps_one_hidden_map(monkeypatch):

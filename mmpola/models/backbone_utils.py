@@ -13,7 +13,8 @@ from mmengine.model.weight_init import constant_init, trunc_normal_init
 from mmengine.registry import MODELS
 
 from .pola_attention import (PolaAttention, Workspace,
-                             cpu_inference_in_parts, linear_into)
+                             cpu_inference_in_parts, linear_into,
+                             token_grid_rows)
 
 
 class _TrainingFFN(torch.autograd.Function):
@@ -225,9 +226,43 @@ def run_blocks(blocks, x, hw_shape):
     return x
 
 
-# CPU inference: output maps are normed and transposed in token blocks of
-# about this many elements (:func:`tokens_to_map`)
-CPU_TRANSPOSE_ELEMENTS = 1 << 17
+# CPU inference: whole-map passes outside the blocks (output maps, patch
+# embedding norms, position embeddings) run in token blocks of about this
+# many elements, each done while in cache
+CPU_MAP_BLOCK_ELEMENTS = 1 << 17
+
+
+def norm_tokens_in_place(tokens, norm):
+    """``norm(tokens)`` for (B, N, C) tokens the caller owns; CPU
+    inference writes it over them in token blocks (no second whole map:
+    on the CPU a fresh map above 32 MB costs page faults at every call)."""
+    if not cpu_inference_in_parts(tokens, norm):
+        return norm(tokens)
+    B, N, C = tokens.shape
+    step = max(1, CPU_MAP_BLOCK_ELEMENTS // (B * C))
+    for i in range(0, N, step):
+        tokens[:, i:i + step] = norm(tokens[:, i:i + step])
+    return tokens
+
+
+def add_resized_grid_(x, grid, src_hw, hw_shape, mode):
+    """``x += grid`` resized to x's map, in place, by blocks of rows resized
+    on demand (:func:`token_grid_rows`): no whole-map temporaries.
+
+    Args:
+        x (Tensor): (B, H*W, C) tokens of an (H, W) map.
+        grid (Tensor): (1, Hs*Ws, C) tokens of an (Hs, Ws) grid.
+        src_hw, hw_shape: (Hs, Ws) and (H, W).
+        mode (str): 'bilinear' or 'bicubic'.
+    """
+    rows = token_grid_rows(grid, src_hw, hw_shape, mode)
+    B, _, C = x.shape
+    H, W = hw_shape
+    step = max(1, CPU_MAP_BLOCK_ELEMENTS // (B * W * C))
+    x_rows = x.view(B, H, W * C)
+    for r in range(0, H, step):
+        x_rows[:, r:r + step] += rows(slice(r, r + step)).view(1, -1, W * C)
+    return x
 
 
 def tokens_to_map(tokens, hw_shape, norm=None):
@@ -244,7 +279,7 @@ def tokens_to_map(tokens, hw_shape, norm=None):
             tokens = norm(tokens)
         return tokens.transpose(1, 2).reshape(B, C, *hw_shape).contiguous()
     out = tokens.new_empty(B, C, N)
-    step = max(1, CPU_TRANSPOSE_ELEMENTS // (B * C))
+    step = max(1, CPU_MAP_BLOCK_ELEMENTS // (B * C))
     for i in range(0, N, step):
         part = tokens[:, i:i + step]
         out[:, :, i:i + step] = (part if norm is None else
@@ -290,9 +325,9 @@ class ChannelsLastPatchEmbed(PatchEmbed):
             x, conv.weight.contiguous(memory_format=torch.channels_last),
             conv.bias)
         out_size = (x.shape[2], x.shape[3])
-        x = x.flatten(2).transpose(1, 2)
+        x = x.flatten(2).transpose(1, 2)  # contiguous
         if self.norm is not None:
-            x = self.norm(x)
+            x = norm_tokens_in_place(x, self.norm)
         return x, out_size
 
 

@@ -5,8 +5,9 @@ from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
 from .backbone_utils import (ChannelsLastPatchEmbed, DenseBackboneMixin,
-                             PreNormBlock, run_blocks)
-from .pola_attention import PolaAttention, resize_token_grid
+                             PreNormBlock, add_resized_grid_, run_blocks)
+from .pola_attention import (PolaAttention, cpu_inference_in_parts,
+                             resize_token_grid)
 
 
 class PolaPVTBlock(PreNormBlock):
@@ -139,13 +140,25 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
                     getattr(self, f'pos_embed{i + 1}'), std=.02)
         super().init_weights()
 
+    def _add_pos_embed(self, i, x, hw):
+        """x (B, H*W, C) + ``pos_embed{i+1}`` resized to hw. CPU inference
+        adds it in place (x is the patch embedding's own output) by blocks
+        of rows resized on demand: no whole-map temporaries."""
+        pos = getattr(self, f'pos_embed{i + 1}')
+        embed = getattr(self, f'patch_embed{i + 1}')
+        if not (cpu_inference_in_parts(x, embed)
+                and not getattr(nn.modules.module, '_global_forward_hooks',
+                                True)):
+            return x + resize_token_grid(pos, self.pretrain_grids[i], hw,
+                                         'bilinear')
+        return add_resized_grid_(x, pos, self.pretrain_grids[i], hw,
+                                 'bilinear')
+
     def forward(self, x):
         outs = []
         for i in range(self.num_stages):
             x, hw = getattr(self, f'patch_embed{i + 1}')(x)
-            pos = resize_token_grid(getattr(self, f'pos_embed{i + 1}'),
-                                    self.pretrain_grids[i], hw, 'bilinear')
-            x = self.pos_drop(x + pos)
+            x = self.pos_drop(self._add_pos_embed(i, x, hw))
             x = run_blocks(getattr(self, f'block{i + 1}'), x, hw)
             if i in self.out_indices:
                 outs.append(self.format_output(i, x, hw))
