@@ -250,12 +250,53 @@ def test_blocks_overwrite_only_unobserved_inputs(hooked):
             ref = block(ref, (5, 6))
         x_in = x.clone()
         out = run_blocks(blocks, x_in, (5, 6))
+        x_own = x.clone()
+        out_own = run_blocks(blocks, x_own, (5, 6), own_input=True)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    assert torch.equal(x_in, x)  # the stage input is never overwritten
+    torch.testing.assert_close(out_own, ref, rtol=0, atol=0)
+    assert torch.equal(x_in, x)  # the stage input is kept by default
+    assert not torch.equal(x_own, x)  # an owned one is overwritten
+    assert (out_own.data_ptr() == x_own.data_ptr()) == (not hooked)
     if hooked:
-        held, copy = seen[-1]
-        assert torch.equal(held, copy)
-        assert out.data_ptr() != held.data_ptr()
+        for held, copy in seen:
+            assert torch.equal(held, copy)
+        assert out.data_ptr() != seen[-1][0].data_ptr()
+
+
+def test_stages_share_whole_map_buffers_and_keep_observed_inputs(
+        monkeypatch):
+    """The blocks of a stage share one workspace for whole-map buffers;
+    a stage overwrites its input only when no hook can hold it."""
+    from mmpola.models.pola_attention import PolaAttention
+    torch.manual_seed(0)
+    model = PolaSwin(arch=dict(embed_dims=16, depths=[2, 2, 2, 2],
+                               num_heads=[1, 2, 4, 8]),
+                     pretrain_img_size=64, pola_window_size=16).eval()
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        ref = model(x)
+    row_blocks = PolaAttention.forward_in_row_blocks
+    held = []
+    model.patch_embed.register_forward_hook(
+        lambda m, a, out: held.append((out[0], out[0].clone())))
+    model.layers[0].register_forward_hook(
+        lambda m, a, out: held.append((out[0], out[0].clone())))
+    calls = []
+
+    def recording(self, *args, maps=None, **kwargs):
+        calls.append(maps)
+        return row_blocks(self, *args, maps=maps, **kwargs)
+
+    monkeypatch.setattr(PolaAttention, 'forward_in_row_blocks', recording)
+    with torch.no_grad():
+        out = model(x)
+    for a, b in zip(out, ref):  # (the hooked patch embedding is mmcv's)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for tensor, copy in held:  # hooked stage inputs not overwritten
+        assert torch.equal(tensor, copy)
+    # two Pola stages of two blocks: one workspace per stage
+    assert len(calls) == 4 and calls[0] is calls[1] is not calls[2]
+    assert calls[2] is calls[3] and 'v' in calls[0].buffers
 
 
 @pytest.mark.parametrize('hw', [(10, 14), (7, 9), (1, 3)])

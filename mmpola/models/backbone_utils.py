@@ -187,9 +187,11 @@ class PreNormBlock(BaseModule):
         x, with a workspace of its own."""
         return functools.partial(self._residual_ffn, ws=Workspace(x))
 
-    def forward(self, x, hw_shape, inplace=False):
-        """``inplace``: x may be overwritten with the output (used by CPU
-        inference, see :func:`run_blocks`)."""
+    def forward(self, x, hw_shape, inplace=False, maps=None):
+        """``inplace``: x may be overwritten with the output; ``maps``: a
+        :class:`Workspace` for whole-map buffers shared with the other
+        blocks of a stage (both used by CPU inference, see
+        :func:`run_blocks`)."""
         if (not self.training and isinstance(self.attn, PolaAttention)
                 and self.attn.row_blocks_apply(x)
                 and self._is_global(hw_shape)):
@@ -197,7 +199,7 @@ class PreNormBlock(BaseModule):
             # intermediate buffers)
             return self.attn.forward_in_row_blocks(
                 x, hw_shape, self.norm1, self._residual_ffn_rows(x),
-                out=x if inplace else None)
+                out=x if inplace else None, maps=maps)
 
         def _inner(x):
             a = self.drop_path(self._attention(self.norm1(x), hw_shape))
@@ -211,18 +213,21 @@ class PreNormBlock(BaseModule):
         return _inner(x)
 
 
-def run_blocks(blocks, x, hw_shape):
+def run_blocks(blocks, x, hw_shape, own_input=False):
     """x (B, H*W, C) through ``blocks`` (:class:`PreNormBlock`) in turn.
 
     A block may write its output over its input when that input is the
-    previous block's output and no forward hook can hold it.
+    previous block's output, or x with ``own_input`` (the caller made x and
+    holds no other reference to it), and no forward hook can hold it. The
+    blocks share one :class:`Workspace` for whole-map buffers (on the CPU
+    every fresh one above 32 MB costs page faults).
     """
     # hooks registered for every module (unknown: assume some)
     global_hooks = getattr(nn.modules.module, '_global_forward_hooks', True)
+    maps = Workspace(x)
     for i, block in enumerate(blocks):
-        inplace = (i > 0 and not blocks[i - 1]._forward_hooks
-                   and not global_hooks)
-        x = block(x, hw_shape, inplace=inplace)
+        owned = own_input if i == 0 else not blocks[i - 1]._forward_hooks
+        x = block(x, hw_shape, inplace=owned and not global_hooks, maps=maps)
     return x
 
 

@@ -687,7 +687,8 @@ class PolaAttention(BaseModule):
         return cpu_inference_in_parts(x, self)
 
     @torch.no_grad()
-    def forward_in_row_blocks(self, x, hw_shape, norm, epilogue, out=None):
+    def forward_in_row_blocks(self, x, hw_shape, norm, epilogue, out=None,
+                              maps=None):
         """Inference of ``epilogue(x, self(norm(x), hw_shape))``, row-wise.
 
         The same arithmetic as :meth:`forward` without a key mask, run over
@@ -708,6 +709,8 @@ class PolaAttention(BaseModule):
             out (Tensor, optional): (B, N, C) to write the result to; may
                 be x itself (each block of rows is read before it is
                 written, and x is not read after that).
+            maps (Workspace, optional): where v (B, N, C) goes, e.g. one
+                shared by the blocks of a stage; a new one by default.
 
         Returns:
             Tensor: (B, N, C).
@@ -729,7 +732,7 @@ class PolaAttention(BaseModule):
         k_enc = self._key_encoding(hw_shape, s)
         p = self.exponent()
         ws = Workspace(x)  # the blocks' temporaries
-        v = x.new_empty(B, N, C)
+        v = (Workspace(x) if maps is None else maps)('v', B, N, C)
         m = x.new_zeros(B, h, 2 * d, d + 1)
 
         def project(xb, name, w, b):  # norm, then (B, T, C) -> (B, T, 2C)

@@ -159,7 +159,10 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         for i in range(self.num_stages):
             x, hw = getattr(self, f'patch_embed{i + 1}')(x)
             x = self.pos_drop(self._add_pos_embed(i, x, hw))
-            x = run_blocks(getattr(self, f'block{i + 1}'), x, hw)
+            # x is a fresh sum (or the patch embedding's output when it
+            # has no hook): the blocks may overwrite it
+            x = run_blocks(getattr(self, f'block{i + 1}'), x, hw,
+                           own_input=True)
             if i in self.out_indices:
                 outs.append(self.format_output(i, x, hw))
             # the next patch embedding reads the tokens as a channels-last

@@ -196,7 +196,7 @@ class PolaSwinBlock(PreNormBlock):
                                         self._shift(hw_shape),
                                         self._window_attend())
 
-    def forward(self, x, hw_shape, inplace=False):
+    def forward(self, x, hw_shape, inplace=False, maps=None):
         if (not self.training and not self._is_global(hw_shape)
                 and cpu_inference_in_parts(x, self.attn)):
             # window blocks in bands of window rows (same numbers, no
@@ -206,7 +206,7 @@ class PolaSwinBlock(PreNormBlock):
                 self._window_attend(Workspace(x)), self.norm1,
                 self._residual_ffn_rows(x),
                 self.CPU_BAND_ELEMENTS, out=x if inplace else None)
-        return super().forward(x, hw_shape, inplace)
+        return super().forward(x, hw_shape, inplace, maps)
 
 
 class TokenPatchMerging(PatchMerging):
@@ -258,9 +258,10 @@ class PolaSwinStage(BaseModule):
     """``depth`` blocks (odd ones shifted), then optional PatchMerging.
 
     Shapes:
-        forward(x (B, H*W, C), hw_shape) ->
+        forward(x (B, H*W, C), hw_shape, own_input=False) ->
         (x_out, out_hw, x_stage (B, H*W, C), hw_shape): the downsampled tokens
-        and the stage output before downsampling.
+        and the stage output before downsampling. ``own_input``: x is the
+        caller's to overwrite (:func:`run_blocks`).
     """
 
     def __init__(self, embed_dims, depth, num_heads, attn_type, window_size,
@@ -281,8 +282,8 @@ class PolaSwinStage(BaseModule):
             embed_dims, 2 * embed_dims,
             norm_cfg=norm_cfg) if downsample else None
 
-    def forward(self, x, hw_shape):
-        x = run_blocks(self.blocks, x, hw_shape)
+    def forward(self, x, hw_shape, own_input=False):
+        x = run_blocks(self.blocks, x, hw_shape, own_input)
         if self.downsample is None:
             return x, hw_shape, x, hw_shape
         x_down, down_hw = self.downsample(x, hw_shape)
@@ -420,7 +421,12 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         x, hw = self.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.layers):
-            x, hw_next, x_stage, hw = stage(x, hw)
+            # x is the patch embedding's or the last downsampling's output:
+            # the stage may overwrite it unless a hook can hold it
+            producer = self.patch_embed if i == 0 else self.layers[i - 1]
+            own = not producer._forward_hooks and (
+                i == 0 or not self.layers[i - 1].downsample._forward_hooks)
+            x, hw_next, x_stage, hw = stage(x, hw, own_input=own)
             if i in self.out_indices:
                 outs.append(self.format_output(i, x_stage, hw))
             hw = hw_next
