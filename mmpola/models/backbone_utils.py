@@ -213,21 +213,30 @@ class PreNormBlock(BaseModule):
         return _inner(x)
 
 
+def unobserved(*modules):
+    """Whether none of the modules has a forward (pre-)hook, nor has any
+    module a global one: no hook can hold their inputs or outputs."""
+    # hooks registered for every module (unknown: assume some)
+    if getattr(nn.modules.module, '_global_forward_hooks', True):
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def run_blocks(blocks, x, hw_shape, own_input=False):
     """x (B, H*W, C) through ``blocks`` (:class:`PreNormBlock`) in turn.
 
     A block may write its output over its input when that input is the
     previous block's output, or x with ``own_input`` (the caller made x and
-    holds no other reference to it), and no forward hook can hold it. The
-    blocks share one :class:`Workspace` for whole-map buffers (on the CPU
-    every fresh one above 32 MB costs page faults).
+    holds no other reference to it), and no hook can see it
+    (:func:`unobserved`). The blocks share one :class:`Workspace` for
+    whole-map buffers (on the CPU every fresh one above 32 MB costs page
+    faults).
     """
-    # hooks registered for every module (unknown: assume some)
-    global_hooks = getattr(nn.modules.module, '_global_forward_hooks', True)
     maps = Workspace(x)
     for i, block in enumerate(blocks):
-        owned = own_input if i == 0 else not blocks[i - 1]._forward_hooks
-        x = block(x, hw_shape, inplace=owned and not global_hooks, maps=maps)
+        owned = own_input if i == 0 else unobserved(blocks[i - 1])
+        x = block(x, hw_shape, inplace=owned and unobserved(block),
+                  maps=maps)
     return x
 
 

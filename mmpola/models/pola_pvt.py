@@ -5,7 +5,8 @@ from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
 from .backbone_utils import (ChannelsLastPatchEmbed, DenseBackboneMixin,
-                             PreNormBlock, add_resized_grid_, run_blocks)
+                             PreNormBlock, add_resized_grid_, run_blocks,
+                             unobserved)
 from .pola_attention import (PolaAttention, cpu_inference_in_parts,
                              resize_token_grid)
 
@@ -146,9 +147,7 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         of rows resized on demand: no whole-map temporaries."""
         pos = getattr(self, f'pos_embed{i + 1}')
         embed = getattr(self, f'patch_embed{i + 1}')
-        if not (cpu_inference_in_parts(x, embed)
-                and not getattr(nn.modules.module, '_global_forward_hooks',
-                                True)):
+        if not (cpu_inference_in_parts(x) and unobserved(embed)):
             return x + resize_token_grid(pos, self.pretrain_grids[i], hw,
                                          'bilinear')
         return add_resized_grid_(x, pos, self.pretrain_grids[i], hw,

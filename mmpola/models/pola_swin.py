@@ -11,7 +11,7 @@ from mmengine.utils import to_2tuple
 from mmpretrain.models.utils import WindowMSA
 
 from .backbone_utils import (ChannelsLastPatchEmbed, DenseBackboneMixin,
-                             PreNormBlock, run_blocks)
+                             PreNormBlock, run_blocks, unobserved)
 from .pola_attention import (PolaAttention, Workspace,
                              cpu_inference_in_parts, linear_into)
 from .windows import (PAD_LABEL, shifted_window_attention,
@@ -419,15 +419,16 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
 
     def forward(self, x):
         x, hw = self.patch_embed(x)
+        # x, the patch embedding's or the last downsampling's output, is
+        # the next stage's to overwrite unless a hook can see it
+        own = unobserved(self.patch_embed)
         outs = []
         for i, stage in enumerate(self.layers):
-            # x is the patch embedding's or the last downsampling's output:
-            # the stage may overwrite it unless a hook can hold it
-            producer = self.patch_embed if i == 0 else self.layers[i - 1]
-            own = not producer._forward_hooks and (
-                i == 0 or not self.layers[i - 1].downsample._forward_hooks)
-            x, hw_next, x_stage, hw = stage(x, hw, own_input=own)
+            x, hw_next, x_stage, hw = stage(
+                x, hw, own_input=own and unobserved(stage))
             if i in self.out_indices:
                 outs.append(self.format_output(i, x_stage, hw))
             hw = hw_next
+            own = unobserved(stage) and (stage.downsample is None
+                                         or unobserved(stage.downsample))
         return tuple(outs)
