@@ -246,6 +246,13 @@ def run_blocks(blocks, x, hw_shape, own_input=False):
 CPU_MAP_BLOCK_ELEMENTS = 1 << 17
 
 
+def _map_blocks(n, width):
+    """Slices of n tokens (or rows) of ``width`` elements each, in blocks
+    of about ``CPU_MAP_BLOCK_ELEMENTS`` elements."""
+    step = max(1, CPU_MAP_BLOCK_ELEMENTS // width)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def norm_tokens_in_place(tokens, norm):
     """``norm(tokens)`` for (B, N, C) tokens the caller owns; CPU
     inference writes it over them in token blocks (no second whole map:
@@ -253,9 +260,8 @@ def norm_tokens_in_place(tokens, norm):
     if not cpu_inference_in_parts(tokens, norm):
         return norm(tokens)
     B, N, C = tokens.shape
-    step = max(1, CPU_MAP_BLOCK_ELEMENTS // (B * C))
-    for i in range(0, N, step):
-        tokens[:, i:i + step] = norm(tokens[:, i:i + step])
+    for s in _map_blocks(N, B * C):
+        tokens[:, s] = norm(tokens[:, s])
     return tokens
 
 
@@ -272,10 +278,9 @@ def add_resized_grid_(x, grid, src_hw, hw_shape, mode):
     rows = token_grid_rows(grid, src_hw, hw_shape, mode)
     B, _, C = x.shape
     H, W = hw_shape
-    step = max(1, CPU_MAP_BLOCK_ELEMENTS // (B * W * C))
     x_rows = x.view(B, H, W * C)
-    for r in range(0, H, step):
-        x_rows[:, r:r + step] += rows(slice(r, r + step)).view(1, -1, W * C)
+    for s in _map_blocks(H, B * W * C):
+        x_rows[:, s] += rows(s).view(1, -1, W * C)
     return x
 
 
@@ -293,11 +298,9 @@ def tokens_to_map(tokens, hw_shape, norm=None):
             tokens = norm(tokens)
         return tokens.transpose(1, 2).reshape(B, C, *hw_shape).contiguous()
     out = tokens.new_empty(B, C, N)
-    step = max(1, CPU_MAP_BLOCK_ELEMENTS // (B * C))
-    for i in range(0, N, step):
-        part = tokens[:, i:i + step]
-        out[:, :, i:i + step] = (part if norm is None else
-                                 norm(part)).transpose(1, 2)
+    for s in _map_blocks(N, B * C):
+        out[:, :, s] = (tokens[:, s] if norm is None else
+                        norm(tokens[:, s])).transpose(1, 2)
     return out.view(B, C, *hw_shape)
 
 
