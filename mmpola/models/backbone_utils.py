@@ -12,7 +12,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, trunc_normal_init
 from mmengine.registry import MODELS
 
-from .pola_attention import (PolaAttention, Workspace,
+from .pola_attention import (PolaAttention, Workspace, block_slices,
                              cpu_inference_in_parts, linear_into,
                              token_grid_rows)
 
@@ -73,7 +73,7 @@ def _ffn_blocks(M, hidden, device):
     of about ``PreNormBlock.CPU_FFN_BLOCK`` elements on the CPU."""
     step = (max(1, PreNormBlock.CPU_FFN_BLOCK // hidden)
             if device.type == 'cpu' else M)
-    return [slice(i, min(i + step, M)) for i in range(0, M, step)]
+    return block_slices(M, step)
 
 
 class PreNormBlock(BaseModule):
@@ -158,12 +158,11 @@ class PreNormBlock(BaseModule):
         y = ws('ffn_y', *u.shape)
         M = u.shape[0]
         step = -(-M // max(1, M // self.CPU_FFN_TOKENS))
-        for i in range(0, M, step):
-            j = min(i + step, M)
-            h = linear_into(ws('ffn_h', j - i, fc1.out_features), u[i:j],
-                            fc1.weight, fc1.bias)
+        for s in block_slices(M, step):
+            h = linear_into(ws('ffn_h', s.stop - s.start, fc1.out_features),
+                            u[s], fc1.weight, fc1.bias)
             torch.ops.aten.gelu_(h)
-            linear_into(y[i:j], h, fc2.weight, fc2.bias)
+            linear_into(y[s], h, fc2.weight, fc2.bias)
         return y.add_(x.reshape(u.shape)).view(x.shape)
 
     def _is_global(self, hw_shape):
@@ -249,8 +248,7 @@ CPU_MAP_BLOCK_ELEMENTS = 1 << 17
 def _map_blocks(n, width):
     """Slices of n tokens (or rows) of ``width`` elements each, in blocks
     of about ``CPU_MAP_BLOCK_ELEMENTS`` elements."""
-    step = max(1, CPU_MAP_BLOCK_ELEMENTS // width)
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    return block_slices(n, max(1, CPU_MAP_BLOCK_ELEMENTS // width))
 
 
 def norm_tokens_in_place(tokens, norm):

@@ -159,6 +159,12 @@ def _polarity_grad(x, feats, log_abs, dfeats, p, dx, ws):
 CPU_BLOCK_ELEMENTS = 1 << 19
 
 
+def block_slices(n: int, step: int):
+    """Slices of range(n) of ``step`` items each (the last may be
+    shorter)."""
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def _token_blocks(x: torch.Tensor):
     """Slices of the token axis (-2) of x (B, h, N, d) to process at once."""
     B, h, N, d = x.shape
@@ -166,7 +172,7 @@ def _token_blocks(x: torch.Tensor):
         step = max(64, CPU_BLOCK_ELEMENTS // (B * h * 2 * d))
     else:
         step = N
-    return [slice(i, min(i + step, N)) for i in range(0, N, step)]
+    return block_slices(N, step)
 
 
 def _key_features(k, p, key_mask, blk, ws, keep_log=False, k_add=None):
