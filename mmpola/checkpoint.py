@@ -3,9 +3,15 @@ grid resizing and validated loading into a backbone.
 
 Released PolaFormer files (``{'model': state_dict, 'optimizer', ...,
 'config': <yacs CfgNode>}``) are read without executing pickled code and
-without yacs installed; files converted by
-``tools/model_converters/polaformer_to_mmpola.py`` (``backbone.*`` keys) and
-bare state dicts load the same way.
+without yacs installed (:func:`mmpola.utils.torch_load.safe_load`); files
+converted by ``tools/model_converters/polaformer_to_mmpola.py``
+(``backbone.*`` keys) and bare state dicts load the same way.
+
+Every load route converts: ``init_cfg=dict(type='Pretrained', ...)``
+(:func:`load_pretrained`, strict, with a report), and
+``backbone.load_state_dict`` / ``mmengine.runner.load_checkpoint(backbone,
+file)`` / a detector's ``load_from`` with ``backbone.*`` keys, through the
+backbones' state-dict pre-hook :func:`released_state_dict_pre_hook`.
 """
 import math
 import os.path as osp
@@ -13,10 +19,15 @@ import re
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from mmengine.logging import print_log
-from mmpretrain.models.utils import resize_pos_embed
 
 from .utils.torch_load import safe_load
+
+__all__ = ['read_checkpoint', 'extract_state_dict', 'convert_released',
+           'to_backbone_layout', 'backbone_state_from_file',
+           'resize_grid_param', 'load_pretrained', 'convert_to_mmpretrain',
+           'released_state_dict_pre_hook']
 
 # ---------------------------------------------------------------- reading
 
@@ -24,8 +35,9 @@ from .utils.torch_load import safe_load
 def read_checkpoint(path):
     """Read a checkpoint file into CPU memory, never running pickled code.
 
-    Objects other than tensor data (e.g. the released training code's yacs
-    ``config``) become inert placeholders (see ``mmpola.utils.torch_load``).
+    The released training code's yacs ``config`` becomes an inert dict;
+    a file naming any other code is refused (see
+    ``mmpola.utils.torch_load``).
     """
     if not osp.isfile(path):
         raise FileNotFoundError(
@@ -33,7 +45,7 @@ def read_checkpoint(path):
             'PolaFormer weights and put them there (see README, "Released '
             'weights"), or set the backbone init_cfg to None to train from '
             'scratch.')
-    return safe_load(path, unknown='placeholder')
+    return safe_load(path)
 
 
 def extract_state_dict(ckpt, path='<checkpoint>'):
@@ -109,10 +121,41 @@ def convert_released(state_dict, family):
     return backbone, head, dropped
 
 
-def backbone_state_from_file(path, family):
+def to_backbone_layout(sd, family, own_shapes=None):
+    """Backbone-relative keys of any supported layout -> mmpola's.
+
+    Released keys are renamed (and Swin's merging weights put in mmcv's
+    channel order, once); buffers rebuilt at run time are dropped; with
+    ``own_shapes`` ({key: shape} of the target backbone), square grids
+    (position embeddings, positional encodings, relative position tables)
+    of another size are resized. Tensors of other shapes are left as they
+    are for the caller to report.
+
+    Returns:
+        tuple: ``(state_dict, dropped_keys, resized_keys)``.
+    """
+    dropped = []
+    if is_released_layout(sd):
+        sd, head, more = convert_released(sd, family)
+        dropped += list(head) + more
+    dropped += [k for k in sd if REBUILT.search(k)]
+    sd = OrderedDict((k, v) for k, v in sd.items() if not REBUILT.search(k))
+    resized = []
+    for key, value in sd.items():
+        shape = (own_shapes or {}).get(key)
+        if shape is not None and value.shape != shape:
+            new = resize_grid_param(key, value, shape)
+            if new is not None:
+                sd[key] = new
+                resized.append(key)
+    return sd, dropped, resized
+
+
+def backbone_state_from_file(path, family, own_shapes=None):
     """Read any supported file and return mmpola-layout backbone tensors.
 
-    Returns ``(state_dict, dropped_keys)``.
+    Returns ``(state_dict, dropped_keys, resized_keys)``
+    (:func:`to_backbone_layout`).
     """
     sd = extract_state_dict(read_checkpoint(path), path)
     if any(k.startswith('backbone.') for k in sd):  # converted / mmdet file
@@ -126,12 +169,8 @@ def backbone_state_from_file(path, family):
         raise ValueError(
             f'{path}: holds a {found or "unknown"} model, not a Pola-'
             f'{family.upper()} backbone (first keys: {list(sd)[:4]})')
-    if is_released_layout(sd):
-        sd, head, more = convert_released(sd, family)
-        dropped += list(head) + more
-    dropped += [k for k in sd if REBUILT.search(k)]
-    sd = OrderedDict((k, v) for k, v in sd.items() if not REBUILT.search(k))
-    return sd, dropped
+    sd, more, resized = to_backbone_layout(sd, family, own_shapes)
+    return sd, dropped + more, resized
 
 
 # ---------------------------------------------------------------- resizing
@@ -158,7 +197,10 @@ def resize_grid_param(key, value, shape):
     s, d = math.isqrt(src.shape[1]), math.isqrt(dst_len)
     if s * s != src.shape[1] or d * d != dst_len or src.shape[2] != channels:
         return None
-    out = resize_pos_embed(src, (s, s), (d, d), mode, num_extra_tokens=0)
+    grid = src.reshape(1, s, s, channels).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(d, d), mode=mode,
+                         align_corners=False).to(src.dtype)
+    out = grid.flatten(2).transpose(1, 2)
     return out[0] if table else out
 
 
@@ -184,18 +226,10 @@ def load_pretrained(model, path, logger='current'):
     input size are rebuilt; the classification head is ignored. Anything
     else that does not fit raises an error naming the file and the keys.
     """
-    sd, ignored = backbone_state_from_file(path, model.family)
-    own = model.state_dict()
-    resized, bad_shape = [], []
-    for key in list(sd):
-        if key in own and sd[key].shape != own[key].shape:
-            new = resize_grid_param(key, sd[key], own[key].shape)
-            if new is None:
-                bad_shape.append(f'{key}: file {tuple(sd[key].shape)} vs '
-                                 f'model {tuple(own[key].shape)}')
-            else:
-                sd[key] = new
-                resized.append(key)
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    sd, ignored, resized = backbone_state_from_file(path, model.family, own)
+    bad_shape = [f'{k}: file {tuple(v.shape)} vs model {tuple(own[k])}'
+                 for k, v in sd.items() if k in own and v.shape != own[k]]
     unexpected = [k for k in sd if k not in own]
     # Swin's final norm, when the model has no last-stage output norm
     final_norm = [k for k in unexpected
@@ -242,3 +276,72 @@ def convert_to_mmpretrain(path):
                       if not REBUILT.search(k))
     out.update((f'head.fc.{k[5:]}', v) for k, v in head.items())
     return out, family
+
+
+# ------------------------------------------------- load_state_dict pre-hook
+
+# entries of a released training file besides its 'model' state dict
+_TRAINING_ENTRIES = ('optimizer', 'lr_scheduler', 'max_accuracy', 'epoch',
+                     'config', 'scaler')
+
+
+def released_state_dict_pre_hook(module, state_dict, prefix, local_metadata,
+                                 strict, missing_keys, unexpected_keys,
+                                 error_msgs):
+    """``load_state_dict`` pre-hook of PolaPVT / PolaSwin: the conversion of
+    :func:`load_pretrained` on every other load route.
+
+    * a released training file passed whole (``{'model': ..., 'config':
+      ...}``, as ``mmengine.runner.load_checkpoint(backbone, file)`` hands
+      it over) is unwrapped;
+    * released keys under ``prefix`` are mapped to mmpola's layout, rebuilt
+      buffers and the classification head dropped, grids resized to the
+      backbone's sizes (a detector's ``load_from`` with ``backbone.*`` keys
+      of another input size, too);
+    * a released backbone file loaded into a whole detector / segmentor /
+      classifier (its keys arrive without the ``backbone.`` prefix) is an
+      error pointing to the backbone's ``init_cfg``.
+
+    ``state_dict`` is modified in place (both torch's and MMEngine's
+    ``load_state_dict`` pass a copy).
+    """
+    nested = state_dict.get(prefix + 'model')
+    if isinstance(nested, dict) and nested and all(
+            isinstance(v, torch.Tensor) for v in nested.values()):
+        del state_dict[prefix + 'model']
+        for key in _TRAINING_ENTRIES:
+            state_dict.pop(prefix + key, None)
+        state_dict.update((prefix + k, v) for k, v in nested.items())
+    own = {k: v.shape for k, v in module.state_dict().items()}
+    mine = OrderedDict((k[len(prefix):], state_dict[k]) for k in state_dict
+                       if k.startswith(prefix))
+    if not mine and prefix:
+        foreign = [k for k in unexpected_keys if detect_family({k: None})
+                   or k.split('.', 1)[0] in ('model', 'config')]
+        if foreign:
+            raise ValueError(
+                f'The checkpoint holds a released Pola-{module.family.upper()}'
+                f' backbone (keys such as {foreign[:3]}), not a whole '
+                f'model with "{prefix}*" keys. Load it through the backbone: '
+                f"model.{prefix.rstrip('.')}.init_cfg = dict(type='Pretrained',"
+                ' checkpoint=PATH) (and no load_from), or convert it with '
+                'tools/model_converters/polaformer_to_mmpola.py first.')
+        return
+    if not mine or not (is_released_layout(mine) or any(
+            k in own and v.shape != own[k] for k, v in mine.items())
+            or any(REBUILT.search(k) for k in mine)):
+        return
+    converted, dropped, resized = to_backbone_layout(
+        mine, module.family, own)
+    final_norm = [k for k in converted if k not in own and
+                  k.startswith(f'norm{module.num_stages - 1}.')]
+    dropped += final_norm
+    for key in mine:
+        del state_dict[prefix + key]
+    state_dict.update((prefix + k, v) for k, v in converted.items()
+                      if k not in final_norm)
+    print_log(
+        f'{type(module).__name__} ({prefix or "root"}): converted '
+        f'{len(converted)} tensors to mmpola\'s layout, {len(resized)} '
+        f'resized {resized[:4]}, {len(dropped)} ignored {dropped[:4]}',
+        logger='current')

@@ -1,7 +1,6 @@
 """Helpers for tests and demos: released-layout checkpoints, fixtures."""
 import json
 import os.path as osp
-import pickle
 import sys
 import types
 
@@ -30,12 +29,33 @@ def official_shapes(name):
         return json.load(f)[name]
 
 
+class _YacsCfgNode(dict):
+    """Pickles as ``yacs.config.CfgNode`` does (yacs 0.1.8): a dict
+    subclass whose ``__dict__`` holds the immutability flag, deprecated
+    keys (a set), renamed keys and the new-allowed flag."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.__dict__['__immutable__'] = False
+        self.__dict__['__deprecated_keys__'] = set()
+        self.__dict__['__renamed_keys__'] = {}
+        self.__dict__['__new_allowed__'] = False
+
+
+_YacsCfgNode.__module__ = 'yacs.config'
+_YacsCfgNode.__qualname__ = _YacsCfgNode.__name__ = 'CfgNode'
+
+
 def _fake_yacs_config():
-    """An object that pickles as ``yacs.config.CfgNode`` without yacs."""
+    """A config that pickles as a yacs ``CfgNode`` tree without yacs."""
     module = types.ModuleType('yacs.config')
-    cfg_node = type('CfgNode', (dict, ), {'__module__': 'yacs.config'})
-    module.CfgNode = cfg_node
-    cfg = cfg_node(MODEL=cfg_node(TYPE='pola'), TRAIN=cfg_node(EPOCHS=300))
+    module.CfgNode = _YacsCfgNode
+    cfg = _YacsCfgNode(
+        MODEL=_YacsCfgNode(TYPE='pola', DROP_PATH_RATE=0.1,
+                           PVT=_YacsCfgNode(DEPTHS=[2, 2, 2, 2])),
+        TRAIN=_YacsCfgNode(EPOCHS=300, BASE_LR=1e-3, CLIP_GRAD=5.0),
+        DATA=_YacsCfgNode(IMG_SIZE=224, INTERPOLATION='bicubic'))
+    cfg.__dict__['__immutable__'] = True  # released configs are frozen
     return cfg, module
 
 
@@ -62,8 +82,8 @@ def make_official_checkpoint(name, path, seed=0):
     sys.modules['yacs'] = types.ModuleType('yacs')
     sys.modules['yacs.config'] = module
     try:
-        with open(path, 'wb') as f:
-            torch.save(ckpt, f, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+        with open(path, 'wb') as f:  # torch.save's defaults, as released
+            torch.save(ckpt, f)
     finally:
         for m, old in saved.items():
             if old is None:

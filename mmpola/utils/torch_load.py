@@ -1,112 +1,316 @@
-"""Loading checkpoints under torch >= 2.6 without running pickled code.
+"""Reading checkpoint files without ever running pickled code.
 
-torch >= 2.6 loads with ``weights_only=True``: MMEngine 0.10.7's own
-checkpoints (message hub ``HistoryBuffer`` objects, numpy arrays, bound
-methods pickled as ``getattr(buffer, 'mean')``) and the released PolaFormer
-files (a yacs ``CfgNode``) are refused. ``safe_load`` reads them with an
-unpickler that resolves only an allow-list: torch's own weights-only
-globals, the data classes MMEngine checkpoints hold, and ``getattr`` limited
-to a ``HistoryBuffer``'s statistics. Everything else is an error, or, for
-files where only the tensors matter, an inert placeholder.
+Every file mmpola reads goes through :func:`safe_load`: torch's own
+``weights_only=True`` unpickler, with a small explicit allow-list added for
+the duration of the call (``torch.serialization.safe_globals``):
 
-``import mmpola`` routes MMEngine's local-file checkpoint loading (resume,
-``load_from``, ``Pretrained`` init) through ``safe_load``.
+* MMEngine's checkpoints: the message hub's ``HistoryBuffer`` (and
+  ``getattr`` restricted to a ``HistoryBuffer``'s statistics, the one
+  function call MMEngine pickles), numpy arrays, dtypes and scalars;
+* the released PolaFormer files: their yacs ``config`` becomes a plain
+  ``OrderedDict`` (:class:`InertCfgNode`), with no yacs import.
+
+Nothing else is resolved: any other global (``os.system``,
+``builtins.eval``, ``subprocess.Popen``, an arbitrary class), in a zip or
+a legacy (non-zip) ``torch.save`` file or a raw pickle stream, makes the
+load fail with :class:`UnsafeCheckpointError` naming the file and the
+refused global, before anything is called. Empty, truncated, text and
+corrupt files raise :class:`CorruptCheckpointError` naming the file.
+
+``import mmpola`` registers :func:`safe_load` as MMEngine's loader for
+local files (``load_from``, ``resume``, ``init_cfg=Pretrained``,
+``mmengine.runner.load_checkpoint``, ``CheckpointLoader``): torch's
+default (``weights_only=True`` since torch 2.6) plus the allow-list above,
+so MMEngine's own checkpoints resume on torch >= 2.6, and no file loads
+that torch's default would refuse for containing code.
+
+On torch < 2.4 (no ``safe_globals``) the same allow-list is enforced by a
+restricted unpickler (``find_class``) used for every pickle torch reads.
 """
+import os
 import os.path as osp
 import pickle
+import pickletools
+import re
+import zipfile
+from collections import OrderedDict
 
 import numpy as np
 import torch
 
+__all__ = ['safe_load', 'register_mmengine_loader', 'InertCfgNode',
+           'UnsafeCheckpointError', 'CorruptCheckpointError',
+           'safe_global_names']
 
-def _extra_globals():
-    from mmengine.logging import HistoryBuffer
-    multiarray = getattr(np, '_core', None) or np.core
-    multiarray = multiarray.multiarray
-    objs = [HistoryBuffer, np.ndarray, np.dtype, multiarray._reconstruct,
-            multiarray.scalar]
-    objs += {type(np.dtype(t)) for t in np.sctypeDict.values()}
-    return {f'{o.__module__}.{o.__qualname__}': o for o in objs}
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint names a global (function or class) outside the
+    allow-list; nothing was executed."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A file is not a readable checkpoint (empty, truncated, text, ...)."""
+
+
+class InertCfgNode:
+    """Stand-in for ``yacs.config.CfgNode`` (the released files' training
+    config), resolved by that name: it unpickles as a plain
+    ``collections.OrderedDict`` of the config's items (yacs' own attributes
+    land in the dict's ``__dict__``), so nothing of yacs is imported or
+    run, and torch's weights-only reader can fill it.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        return OrderedDict()
+
+
+InertCfgNode.__module__ = 'yacs.config'
+InertCfgNode.__qualname__ = InertCfgNode.__name__ = 'CfgNode'
+
+# HistoryBuffer attributes MMEngine may pickle through ``getattr``
+_HISTORY_STATISTICS = frozenset({'min', 'max', 'mean', 'current'})
 
 
 def _history_getattr(obj, name):
-    """``getattr`` as MMEngine pickles it: HistoryBuffer's statistics."""
+    """``getattr`` as MMEngine pickles it: a statistic of ``HistoryBuffer``
+    (``getattr(HistoryBuffer, 'mean')`` in every message hub's state);
+    anything else is refused."""
     from mmengine.logging import HistoryBuffer
-    if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) and \
-            name in {'min', 'max', 'mean', 'current',
-                     *HistoryBuffer._statistics_methods}:
+    allowed = _HISTORY_STATISTICS | set(HistoryBuffer._statistics_methods)
+    if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) \
+            and name in allowed:
         return getattr(obj, name)
-    raise pickle.UnpicklingError(
-        f'refusing getattr({obj!r:.40}, {name!r}) in a checkpoint')
+    what = getattr(obj, '__qualname__', type(obj).__qualname__)
+    raise UnsafeCheckpointError(
+        f'refused global builtins.getattr({what}.{name}): only the '
+        'statistics of an mmengine HistoryBuffer may be read')
 
 
-class _Placeholder:
-    """Inert stand-in for a pickled object whose class is not allowed."""
+_history_getattr.__module__ = 'builtins'
+_history_getattr.__qualname__ = _history_getattr.__name__ = 'getattr'
 
-    def __init__(self, *args, **kwargs):
+
+def _numpy_globals():
+    core = getattr(np, '_core', None) or np.core
+    objs = [np.ndarray, np.dtype, core.multiarray._reconstruct,
+            core.multiarray.scalar]
+    objs += sorted({type(np.dtype(t)) for t in np.sctypeDict.values()},
+                   key=repr)
+    pairs = [(o, f'{o.__module__}.{o.__qualname__}') for o in objs]
+    # files written with numpy 1.x name numpy.core, 2.x numpy._core
+    for o, name in list(pairs):
+        for old, new in (('numpy._core.', 'numpy.core.'),
+                         ('numpy.core.', 'numpy._core.')):
+            if name.startswith(old):
+                pairs.append((o, new + name[len(old):]))
+    return pairs
+
+
+def _safe_global_pairs():
+    """(object, fully qualified name) of everything allowed beyond torch's
+    own weights-only globals."""
+    pairs = _numpy_globals()
+    pairs += [(InertCfgNode, 'yacs.config.CfgNode'),
+              (_history_getattr, 'builtins.getattr'),
+              (_history_getattr, '__builtin__.getattr')]
+    try:
+        from mmengine.logging import HistoryBuffer
+        pairs.append((HistoryBuffer, 'mmengine.logging.history_buffer.'
+                      'HistoryBuffer'))
+    except ImportError:  # pragma: no cover - mmengine is a dependency
         pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __setitem__(self, key, value):  # dict subclasses (yacs CfgNode)
-        pass
+    return pairs
 
 
-def _restricted_pickle_module(unknown):
+def safe_global_names():
+    """Names of the globals allowed beyond torch's weights-only set."""
+    return sorted({name for _, name in _safe_global_pairs()})
+
+
+_HAS_SAFE_GLOBALS = hasattr(torch.serialization, 'safe_globals')
+
+
+def _restricted_pickle_module():
+    """torch < 2.4: a pickle module whose every read (``load`` and
+    ``Unpickler``, both of which torch uses) resolves only torch's
+    weights-only globals and :func:`_safe_global_pairs`."""
     from torch import _weights_only_unpickler as wou
     allowed = dict(wou._get_allowed_globals())
-    allowed.update(wou._get_user_allowed_globals())
-    allowed.update(_extra_globals())
-    allowed['builtins.getattr'] = allowed['__builtin__.getattr'] = \
-        _history_getattr
+    allowed.update((name, obj) for obj, name in _safe_global_pairs())
 
     class Unpickler(pickle.Unpickler):
 
         def find_class(self, module, name):
-            obj = allowed.get(f'{module}.{name}')
-            if obj is not None:
-                return obj
-            if unknown == 'placeholder':
-                return type(name, (_Placeholder, ), {})
-            raise pickle.UnpicklingError(
-                f'{module}.{name} is not an allowed global in a checkpoint')
+            full = f'{module}.{name}'
+            if full not in allowed:
+                raise UnsafeCheckpointError(
+                    f'Unsupported global: GLOBAL {full} was not an allowed '
+                    'global')
+            return allowed[full]
 
     class Module:
         pass
 
     Module.Unpickler = Unpickler
-    Module.load = pickle.load
+    Module.load = staticmethod(lambda f, **kw: Unpickler(f, **kw).load())
     Module.__name__ = 'mmpola_restricted_pickle'
     return Module
 
 
-def safe_load(path, map_location='cpu', unknown='error'):
+def _pickled_globals(data):
+    """Globals named by the pickles at the start of ``data`` (a raw pickle
+    stream or a legacy ``torch.save`` file: a few pickles in a row), read
+    with ``pickletools`` (nothing is resolved or executed)."""
+    names, pos, strings = [], 0, []
+    for _ in range(6):  # magic number, protocol, sys info, object, keys
+        stream = _BytesWithPos(data, pos)
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ('SHORT_BINUNICODE', 'BINUNICODE', 'UNICODE',
+                               'BINUNICODE8'):
+                    strings = (strings + [arg])[-2:]
+                elif op.name == 'GLOBAL':
+                    names.append(arg.replace(' ', '.'))
+                elif op.name == 'STACK_GLOBAL' and len(strings) == 2:
+                    names.append('.'.join(strings))
+        except Exception:  # not (or no longer) a pickle
+            break
+        pos = stream.tell()
+        if pos >= len(data):
+            break
+    return names
+
+
+class _BytesWithPos:
+    """A read-only view of ``data`` from ``pos`` for ``pickletools``."""
+
+    def __init__(self, data, pos):
+        self.data, self.pos = data, pos
+
+    def read(self, n=-1):
+        end = len(self.data) if n < 0 else self.pos + n
+        out = self.data[self.pos:end]
+        self.pos += len(out)
+        return out
+
+    def readline(self):
+        end = self.data.find(b'\n', self.pos)
+        end = len(self.data) if end < 0 else end + 1
+        return self.read(end - self.pos)
+
+    def tell(self):
+        return self.pos
+
+
+def refused_globals(path):
+    """The globals a checkpoint file names that :func:`safe_load` refuses
+    (a diagnostic: reads the pickles' opcodes, executes nothing)."""
+    from torch import _weights_only_unpickler as wou
+    allowed = set(wou._get_allowed_globals())
+    allowed |= {name for _, name in _safe_global_pairs()}
+    names = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                if member.endswith('.pkl'):
+                    names += _pickled_globals(zf.read(member))
+    else:
+        with open(path, 'rb') as f:
+            names = _pickled_globals(f.read(1 << 26))
+    return sorted({n for n in names if n not in allowed})
+
+
+_REFUSED = re.compile(r'refused global (\S+)')
+
+
+def _describe(path):
+    if isinstance(path, (str, os.PathLike)):
+        return os.fspath(path)
+    return getattr(path, 'name', repr(path))
+
+
+def _classify(path, err):
+    """The error to raise for ``err`` raised by torch.load on ``path``."""
+    name = _describe(path)
+    text = str(err)
+    is_file = isinstance(path, (str, os.PathLike)) and osp.isfile(name)
+    refused = []
+    if isinstance(err, pickle.UnpicklingError):
+        m = _REFUSED.search(text)
+        refused = [m.group(1)] if m else []
+        if not refused and is_file:
+            try:
+                refused = refused_globals(name)
+            except Exception:  # a diagnostic only
+                refused = []
+    if refused:
+        return UnsafeCheckpointError(
+            f'{name}: refused to load: the file names the global(s) '
+            f'{", ".join(refused[:5])}, not on the allow-list (torch '
+            'weights-only tensors and containers, numpy arrays, mmengine '
+            'HistoryBuffer, yacs CfgNode). Nothing was executed. If you '
+            'trust the file, load it yourself and re-save its tensors.')
+    if is_file and osp.getsize(name) == 0:
+        reason = 'the file is empty'
+    elif 'Unsupported operand' in text:
+        reason = ('a pickle torch\'s weights-only reader does not accept '
+                  '(a raw pickle stream, or pickle protocol 4+ framing: '
+                  're-save the tensors with torch.save\'s default protocol)')
+    elif isinstance(err, (EOFError, zipfile.BadZipFile)) or any(
+            s in text for s in ('EOF', 'central directory', 'truncated')):
+        reason = 'the file is truncated or corrupt'
+    else:
+        reason = 'not a PyTorch checkpoint (corrupt, or another format)'
+    first = text.splitlines()[0][:200] if text else ''
+    return CorruptCheckpointError(
+        f'{name}: cannot read checkpoint: {reason} '
+        f'({type(err).__name__}: {first})')
+
+
+def safe_load(path, map_location='cpu'):
     """``torch.load`` that never executes pickled code.
 
     Args:
-        path (str): checkpoint file.
+        path (str | os.PathLike | file-like): the checkpoint.
         map_location: as for ``torch.load``.
-        unknown (str): 'error' to refuse objects outside the allow-list,
-            'placeholder' to replace them by inert objects (for files where
-            only the tensors are used, e.g. the released training code's).
+
+    Returns:
+        The loaded object (tensors, containers, numpy data, mmengine
+        ``HistoryBuffer``; a yacs config as an ``OrderedDict``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeCheckpointError: the file names a global outside the
+            allow-list (nothing was executed).
+        CorruptCheckpointError: empty, truncated, text or corrupt file.
     """
-    assert unknown in ('error', 'placeholder')
+    if isinstance(path, (str, os.PathLike)):
+        path = osp.expanduser(os.fspath(path))
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'checkpoint file not found: {path!r}')
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+        if _HAS_SAFE_GLOBALS:
+            with torch.serialization.safe_globals(
+                    [(o, n) for o, n in _safe_global_pairs()]):
+                return torch.load(path, map_location=map_location,
+                                  weights_only=True)
         return torch.load(path, map_location=map_location,
                           weights_only=False,
-                          pickle_module=_restricted_pickle_module(unknown))
+                          pickle_module=_restricted_pickle_module())
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError,
+            zipfile.BadZipFile, UnicodeDecodeError, KeyError, IndexError,
+            TypeError, AttributeError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise _classify(path, err) from err
 
 
 def register_mmengine_loader():
-    """Make MMEngine load local checkpoints with :func:`safe_load`."""
+    """Make MMEngine read local checkpoint files with :func:`safe_load`
+    (MMEngine's ``load_from_local`` calls ``torch.load`` with torch's
+    default, which on torch >= 2.6 refuses MMEngine's own checkpoints)."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
     @CheckpointLoader.register_scheme(prefixes='', force=True)
     def load_from_local(filename, map_location):
-        filename = osp.expanduser(filename)
-        if not osp.isfile(filename):
-            raise FileNotFoundError(f'{filename} can not be found.')
         return safe_load(filename, map_location)

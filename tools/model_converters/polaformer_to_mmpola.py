@@ -12,6 +12,7 @@ segmentation configs can use it as ``init_cfg`` checkpoint too.
 import argparse
 import os
 import os.path as osp
+import pickle
 import sys
 
 import torch
@@ -25,12 +26,17 @@ def main():
     parser.add_argument('src', help='released checkpoint')
     parser.add_argument('dst', help='output file (mmpretrain layout)')
     args = parser.parse_args()
-    state, family = convert_to_mmpretrain(args.src)
+    try:  # never executes pickled code; errors name the file
+        state, family = convert_to_mmpretrain(args.src)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+        sys.exit(f'error: {e}')
     if osp.dirname(args.dst):
         os.makedirs(osp.dirname(args.dst), exist_ok=True)
+    tmp = f'{args.dst}.part'  # a failed write never leaves a partial DST
     torch.save(dict(state_dict=state,
                     meta=dict(source=osp.basename(args.src),
-                              family=f'pola_{family}')), args.dst)
+                              family=f'pola_{family}')), tmp)
+    os.replace(tmp, args.dst)
     n = sum(v.numel() for v in state.values())
     print(f'{args.src} -> {args.dst}: Pola-{family.upper()}, '
           f'{len(state)} tensors, {n / 1e6:.2f}M parameters')
