@@ -373,3 +373,42 @@ def test_door_tools_test_py(tmp_path):
     assert str(path) in proc.stderr and 'system' in proc.stderr, \
         proc.stderr[-3000:]
     assert not marker.exists()
+
+
+def test_door_analysis_checkpoint(hostile, tmp_path):
+    """The analysis tools' ``--checkpoint`` (visualize_attention.py)."""
+    path, marker = hostile
+    proc = subprocess.run(
+        [sys.executable, 'tools/analysis/visualize_attention.py',
+         '--checkpoint', str(path), '--img-size', '64',
+         '--out-dir', str(tmp_path / 'out')], cwd=ROOT, capture_output=True,
+        text=True, timeout=300)
+    assert proc.returncode != 0
+    assert str(path) in proc.stderr and 'system' in proc.stderr, \
+        proc.stderr[-2000:]
+    assert not marker.exists()
+
+
+def test_restricted_unpickler_of_old_torch(tmp_path, monkeypatch):
+    """torch < 2.4 has no ``safe_globals``: the same allow-list is then
+    enforced by a restricted unpickler for every pickle torch reads (zip
+    and legacy files; the legacy format reads several pickles)."""
+    from mmpola.utils import torch_load
+    monkeypatch.setattr(torch_load, '_HAS_SAFE_GLOBALS', False)
+    for fmt in ('zip', 'legacy', 'pickle'):
+        path = tmp_path / f'evil_{fmt}.pth'
+        marker = write_hostile(path, fmt, 'os.system', 'object')
+        expect_refused(lambda: safe_load(path), path, marker, 'system')
+    released = tmp_path / 'pola_swin_tiny.pth'
+    state = make_official_checkpoint('pola_swin_tiny_patch4_224',
+                                     str(released))
+    ckpt = safe_load(released)
+    assert ckpt['config']['MODEL']['TYPE'] == 'pola'
+    torch.testing.assert_close(ckpt['model'], state)
+    buf = HistoryBuffer()
+    buf.update(3.0)
+    legacy = tmp_path / 'hub.pth'
+    torch.save({'hub': buf, 'a': np.ones(2)}, legacy,
+               _use_new_zipfile_serialization=False)
+    out = safe_load(legacy)
+    assert out['hub'].mean() == 3.0 and out['a'].sum() == 2

@@ -27,6 +27,7 @@ that torch's default would refuse for containing code.
 On torch < 2.4 (no ``safe_globals``) the same allow-list is enforced by a
 restricted unpickler (``find_class``) used for every pickle torch reads.
 """
+import _compat_pickle
 import os
 import os.path as osp
 import pickle
@@ -141,6 +142,10 @@ def _restricted_pickle_module():
     class Unpickler(pickle.Unpickler):
 
         def find_class(self, module, name):
+            # protocol < 3 names Python 2 modules (__builtin__, copy_reg)
+            module, name = _compat_pickle.NAME_MAPPING.get(
+                (module, name), (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
             full = f'{module}.{name}'
             if full not in allowed:
                 raise UnsafeCheckpointError(
