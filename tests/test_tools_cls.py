@@ -22,6 +22,8 @@ def small_config(base, data_root, out_dir):
     CPU-sized; the recipe's transforms (RandAugment, erasing, mixup, cutmix)
     stay."""
     cfg = Config.fromfile(str(base))
+    cfg.model.backbone.init_cfg = None  # the 384 fine-tune starts from a checkpoint
+    cfg.model.head.init_cfg = None
     cfg.model.head.num_classes = NUM_CLASSES
     cfg.data_preprocessor.num_classes = NUM_CLASSES
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

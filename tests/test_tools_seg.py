@@ -6,7 +6,7 @@ import pytest
 from mmengine.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / 'configs/mmseg/pola_pvt/fpn_pola-pvt-t_8xb4-40k_ade20k-512x512.py'
+CONFIG = ROOT / 'configs/mmseg/pola_pvt/fpn_pola-pvt-t_8xb2-40k_ade20k-512x512.py'
 CROP = (128, 128)
 
 

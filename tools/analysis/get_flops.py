@@ -47,13 +47,13 @@ PAPER = [
     ('Pola-PVT-T', 'configs/mmpretrain/pola_pvt/pola-pvt-tiny_8xb128_in1k.py',
      12, 2.0),
     ('Pola-PVT-S',
-     'configs/mmpretrain/pola_pvt/pola-pvt-small_8xb128_in1k.py', 21, 4.1),
+     'configs/mmpretrain/pola_pvt/pola-pvt-small_8xb64_in1k.py', 21, 4.1),
     ('Pola-Swin-T',
      'configs/mmpretrain/pola_swin/pola-swin-tiny_8xb128_in1k.py', 29, 4.5),
     ('Pola-Swin-S',
      'configs/mmpretrain/pola_swin/pola-swin-small_8xb128_in1k.py', 50, 8.7),
     ('Pola-Swin-B',
-     'configs/mmpretrain/pola_swin/pola-swin-base_8xb128_in1k.py', 88, 15.4),
+     'configs/mmpretrain/pola_swin/pola-swin-base_8xb64_in1k.py', 88, 15.4),
 ]
 
 GROUPS = (

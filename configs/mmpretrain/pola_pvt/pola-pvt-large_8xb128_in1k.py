@@ -1,4 +1,0 @@
-# Pola-PVT-L, ImageNet-1k 224x224; recipe as Pola-PVT-T.
-_base_ = './pola-pvt-tiny_8xb128_in1k.py'
-
-model = dict(backbone=dict(arch='large', drop_path_rate=0.3))

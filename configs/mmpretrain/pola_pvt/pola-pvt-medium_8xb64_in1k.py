@@ -1,0 +1,12 @@
+# Pola-PVT-M, ImageNet-1k 224x224; the Pola-PVT-T recipe with the released
+# pola_pvt_m.yaml's batch (8 GPUs x 64 = 512 images per iteration), lr,
+# gradient clipping and drop path.
+_base_ = './pola-pvt-tiny_8xb128_in1k.py'
+
+model = dict(backbone=dict(arch='medium', drop_path_rate=0.3))  # PF cfg
+
+train_dataloader = dict(batch_size=64)  # x 8 GPUs = 512 (PF)
+optim_wrapper = dict(
+    optimizer=dict(lr=5e-4),  # PF: 5e-4 per 512 images
+    clip_grad=dict(max_norm=1.0))  # PF cfg: CLIP_GRAD 1.0
+auto_scale_lr = dict(enable=False, base_batch_size=512)
