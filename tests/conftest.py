@@ -42,3 +42,9 @@ def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers', 'slow: long-running (torch.compile, whole-model '
+        'training); `pytest -m "not slow"` (make test-fast) skips them')

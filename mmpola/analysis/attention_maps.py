@@ -30,7 +30,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from mmpola.models.pola_attention import polarity_features
+from mmpola.ops import polarity_features
 
 METHODS = ('softmax', 'relu', 'pola_sim', 'pola_opp', 'pola')
 

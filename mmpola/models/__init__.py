@@ -1,4 +1,5 @@
-from .pola_attention import PolaAttention, pola_linear_attention
+from ..ops import pola_linear_attention
+from .pola_attention import PolaAttention
 from .pola_pvt import PolaPVT
 from .pola_swin import PolaSwin
 

@@ -1,89 +1,27 @@
-"""What Pola-PVT and Pola-Swin share as dense-prediction backbones."""
+"""What Pola-PVT and Pola-Swin share: the pre-norm block, argument checks,
+output norms, freezing and initialisation."""
 import copy
-import functools
+from collections import defaultdict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
-from mmcv.cnn.bricks.transformer import FFN, PatchEmbed
+from mmcv.cnn.bricks import DropPath
+from mmcv.cnn.bricks.transformer import FFN
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import constant_init, trunc_normal_init
-from mmengine.registry import MODELS
+from mmengine.model.weight_init import (constant_init, trunc_normal_,
+                                        trunc_normal_init)
 
-from .pola_attention import (PolaAttention, Workspace, block_slices,
-                             cpu_inference_in_parts, linear_into,
-                             token_grid_rows)
-
-
-class _TrainingFFN(torch.autograd.Function):
-    """``fc2(gelu(fc1(u)))`` keeping only u and h = fc1(u) for backward.
-
-    Autograd would keep h (for the GELU) and gelu(h) (for fc2): the FFN's
-    widest map twice. Both passes run in token blocks (on the CPU): the
-    forward writes h block by block, the backward recomputes gelu(h) and
-    takes the hidden-width gradient from fc2 to fc1's input one block at a
-    time, so no other map of h's size is allocated and the products see
-    blocks that stay in cache.
-    """
-
-    @staticmethod
-    def forward(ctx, u, w1, b1, w2, b2):
-        u2 = u.reshape(-1, u.shape[-1])                  # (M, C)
-        h = u2.new_empty(u2.shape[0], w1.shape[0])       # (M, hidden)
-        y = u2.new_empty(u2.shape[0], w2.shape[0])
-        for s in _ffn_blocks(*h.shape, h.device):
-            linear_into(h[s], u2[s], w1, b1)
-            linear_into(y[s], F.gelu(h[s]), w2, b2)
-        ctx.save_for_backward(u2, h, w1, w2)
-        ctx.has_bias = b1 is not None, b2 is not None
-        return y.view(*u.shape[:-1], -1)
-
-    @staticmethod
-    def backward(ctx, dy):
-        u2, h, w1, w2 = ctx.saved_tensors
-        need_u, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
-        need_b1 = need_b1 and ctx.has_bias[0]
-        dy2 = dy.reshape(-1, dy.shape[-1])               # (M, C)
-        # frozen parameters: their gradients are skipped
-        du = torch.empty_like(u2) if need_u else None
-        dw1 = torch.zeros_like(w1) if need_w1 else None
-        db1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
-        dw2 = torch.zeros_like(w2) if need_w2 else None
-        for s in _ffn_blocks(*h.shape, h.device):
-            hb, dyb = h[s], dy2[s]
-            if need_w2:
-                dw2.addmm_(dyb.t(), F.gelu(hb))
-            if need_u or need_w1 or need_b1:
-                dhb = torch.ops.aten.gelu_backward(dyb @ w2, hb)
-                if need_w1:
-                    dw1.addmm_(dhb.t(), u2[s])
-                if need_b1:
-                    db1.add_(dhb.sum(0))
-                if need_u:
-                    torch.mm(dhb, w1, out=du[s])
-        db2 = dy2.sum(0) if need_b2 and ctx.has_bias[1] else None
-        du = None if du is None else du.view(*dy.shape[:-1], -1)
-        return du, dw1, db1, dw2, db2
-
-
-def _ffn_blocks(M, hidden, device):
-    """Token slices of an (M, hidden) map for :class:`_TrainingFFN`: blocks
-    of about ``PreNormBlock.CPU_FFN_BLOCK`` elements on the CPU."""
-    step = (max(1, PreNormBlock.CPU_FFN_BLOCK // hidden)
-            if device.type == 'cpu' else M)
-    return block_slices(M, step)
+from .pola_attention import PolaAttention
 
 
 class PreNormBlock(BaseModule):
-    """``x + drop_path(attention(norm1(x)))``, then the same with the FFN.
+    """Pre-norm block: ``x + drop_path(attn(norm1(x)))``, then ``ffn``.
 
-    Subclasses add ``self.attn`` and may override ``_attention`` (e.g. to
-    run it in shifted windows; then also ``_is_global``). ``with_cp``
-    checkpoints the whole block. CPU inference of a global Pola block runs
-    in blocks of image rows (``PolaAttention.forward_in_row_blocks``);
-    training keeps the FFN's hidden map once (:class:`_TrainingFFN`).
+    Subclasses add ``self.attn`` and may override ``_attention`` (e.g. to run
+    it in shifted windows). ``with_cp`` checkpoints the whole block when the
+    input needs a gradient.
 
     Shapes:
         forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
@@ -95,9 +33,8 @@ class PreNormBlock(BaseModule):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
-        self.drop_path = (nn.Identity() if drop_path_rate == 0 else
-                          MODELS.build(dict(type='DropPath',
-                                            drop_prob=drop_path_rate)))
+        self.drop_path = (DropPath(drop_path_rate) if drop_path_rate > 0
+                          else nn.Identity())
         self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.ffn = FFN(embed_dims, int(embed_dims * mlp_ratio), num_fcs=2,
                        ffn_drop=drop_rate,
@@ -105,275 +42,144 @@ class PreNormBlock(BaseModule):
                                           drop_prob=drop_path_rate),
                        act_cfg=dict(type='GELU'), add_identity=True)
 
-    # CPU inference: a hidden map (B, N, mlp_ratio * C) larger than
-    # CPU_FFN_WHOLE elements is computed in even parts of at least
-    # CPU_FFN_TOKENS tokens (:meth:`_ffn_in_parts`) instead of being
-    # allocated whole: a part's hidden map stays in the core's cache between
-    # fc1, GELU and fc2 (fresh large buffers cost page faults). Row-wise, so
-    # the numbers are the same. Training: token blocks of about
-    # CPU_FFN_BLOCK elements (:class:`_TrainingFFN`).
-    CPU_FFN_WHOLE = 1 << 23
-    CPU_FFN_TOKENS = 1024
-    CPU_FFN_BLOCK = 1 << 20
-
     def _attention(self, x, hw_shape):
         return self.attn(x, hw_shape)
 
-    def _ffn_is_plain(self):
-        """Whether the FFN is ``fc2(gelu(fc1(u)))``: exact GELU, no
-        dropout, no layer scale."""
-        ffn = self.ffn
-        if ffn.num_fcs != 2 or not isinstance(ffn.gamma2, nn.Identity):
-            return False
-        (_, act, drop1), _, drop2 = ffn.layers
-        return (isinstance(act, nn.GELU) and act.approximate == 'none'
-                and drop1.p == 0 and drop2.p == 0)
+    def _inner_forward(self, x, hw_shape):
+        x = x + self.drop_path(self._attention(self.norm1(x), hw_shape))
+        return self.ffn(self.norm2(x), identity=x)
 
-    def _ffn_saves_hidden_once(self, x):
-        """Whether the training FFN can use :class:`_TrainingFFN`: a plain
-        FFN, no autocast."""
-        return (self._ffn_is_plain()
-                and not torch.is_autocast_enabled(x.device.type))
-
-    def _norm_ffn(self, x):
-        """x + FFN(norm2(x)): (B, N, C) -> (B, N, C)."""
-        B, N, C = x.shape
-        if torch.is_grad_enabled() and self._ffn_saves_hidden_once(x):
-            (fc1, _, _), fc2, _ = self.ffn.layers
-            return x + self.ffn.dropout_layer(_TrainingFFN.apply(
-                self.norm2(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias))
-        if (torch.is_grad_enabled() or x.device.type != 'cpu'
-                or N * B * self.ffn.feedforward_channels <= self.CPU_FFN_WHOLE
-                or not self._ffn_is_plain()):
-            return self.ffn(self.norm2(x), identity=x)
-        return self._ffn_in_parts(x, Workspace(x))
-
-    def _ffn_in_parts(self, x, ws):
-        """Inference of x + FFN(norm2(x)) for a plain FFN, (B, T, C) ->
-        (B, T, C), over even parts of the B * T rows; the hidden map and the
-        result are buffers of :class:`Workspace` ``ws`` (the result is valid
-        until ws is used again)."""
-        (fc1, _, _), fc2, _ = self.ffn.layers
-        u = self.norm2(x).reshape(-1, x.shape[-1])
-        y = ws('ffn_y', *u.shape)
-        M = u.shape[0]
-        step = -(-M // max(1, M // self.CPU_FFN_TOKENS))
-        for s in block_slices(M, step):
-            h = linear_into(ws('ffn_h', s.stop - s.start, fc1.out_features),
-                            u[s], fc1.weight, fc1.bias)
-            torch.ops.aten.gelu_(h)
-            linear_into(y[s], h, fc2.weight, fc2.bias)
-        return y.add_(x.reshape(u.shape)).view(x.shape)
-
-    def _is_global(self, hw_shape):
-        """Whether ``self.attn`` sees the whole map (not windows of it)."""
-        return True
-
-    def _residual_ffn(self, x, a, ws=None):
-        """Inference tail of the block on rows: x + a, then the FFN half.
-
-        With a :class:`Workspace` ``ws`` (reused across the row blocks of
-        one call) a plain FFN runs in parts (:meth:`_ffn_in_parts`), so the
-        result is only valid until the next call with the same ws.
-        """
-        x = a.add_(x)
-        if ws is None or not self._ffn_is_plain():
-            return self.ffn(self.norm2(x), identity=x)
-        return self._ffn_in_parts(x, ws)
-
-    def _residual_ffn_rows(self, x):
-        """:meth:`_residual_ffn` as the epilogue of one row-wise pass over
-        x, with a workspace of its own."""
-        return functools.partial(self._residual_ffn, ws=Workspace(x))
-
-    def forward(self, x, hw_shape, inplace=False, maps=None):
-        """``inplace``: x may be overwritten with the output; ``maps``: a
-        :class:`Workspace` for whole-map buffers shared with the other
-        blocks of a stage (both used by CPU inference, see
-        :func:`run_blocks`)."""
-        if (not self.training and isinstance(self.attn, PolaAttention)
-                and self.attn.row_blocks_apply(x)
-                and self._is_global(hw_shape)):
-            # the whole block in blocks of rows (same numbers, no large
-            # intermediate buffers)
-            return self.attn.forward_in_row_blocks(
-                x, hw_shape, self.norm1, self._residual_ffn_rows(x),
-                out=x if inplace else None, maps=maps)
-
-        def _inner(x):
-            a = self.drop_path(self._attention(self.norm1(x), hw_shape))
-            # inference: the residual sum in place of the attention output
-            # (a fresh tensor: no new (B, N, C) buffer); x is the caller's
-            return self._norm_ffn(x + a if torch.is_grad_enabled() else
-                                  a.add_(x))
-
+    def forward(self, x, hw_shape):
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(_inner, x, use_reentrant=False)
-        return _inner(x)
+            return cp.checkpoint(self._inner_forward, x, hw_shape,
+                                 use_reentrant=False)
+        return self._inner_forward(x, hw_shape)
 
 
-def unobserved(*modules):
-    """Whether none of the modules has a forward (pre-)hook, nor has any
-    module a global one: no hook can hold their inputs or outputs."""
-    # hooks registered for every module (unknown: assume some)
-    if getattr(nn.modules.module, '_global_forward_hooks', True):
-        return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+def static_hw(hw_shape):
+    """(H, W) as Python ints: the TorchScript tracer (TorchScript ONNX
+    export) hands sizes read from tensor shapes over as tensors; the window
+    and padding arithmetic is for one fixed size."""
+    return tuple(int(s) for s in hw_shape)
 
 
-def run_blocks(blocks, x, hw_shape, own_input=False):
-    """x (B, H*W, C) through ``blocks`` (:class:`PreNormBlock`) in turn.
-
-    A block may write its output over its input when that input is the
-    previous block's output, or x with ``own_input`` (the caller made x and
-    holds no other reference to it), and no hook can see it
-    (:func:`unobserved`). The blocks share one :class:`Workspace` for
-    whole-map buffers (on the CPU every fresh one above 32 MB costs page
-    faults).
-    """
-    maps = Workspace(x)
-    for i, block in enumerate(blocks):
-        owned = own_input if i == 0 else unobserved(blocks[i - 1])
-        x = block(x, hw_shape, inplace=owned and unobserved(block),
-                  maps=maps)
-    return x
+def tokens_to_map(tokens, hw_shape):
+    """(B, H*W, C) tokens -> contiguous (B, C, H, W)."""
+    B, _, C = tokens.shape
+    return tokens.transpose(1, 2).reshape(B, C, *hw_shape).contiguous()
 
 
-# CPU inference: whole-map passes outside the blocks (output maps, patch
-# embedding norms, position embeddings) run in token blocks of about this
-# many elements, each done while in cache
-CPU_MAP_BLOCK_ELEMENTS = 1 << 17
+# ------------------------------------------------------ argument checks
 
 
-def _map_blocks(n, width):
-    """Slices of n tokens (or rows) of ``width`` elements each, in blocks
-    of about ``CPU_MAP_BLOCK_ELEMENTS`` elements."""
-    return block_slices(n, max(1, CPU_MAP_BLOCK_ELEMENTS // width))
+def check_int(name, value, low=None, high=None):
+    """``value`` as an int in [low, high] (None: unbounded); TypeError or
+    ValueError naming the argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'{name} must be an int, got {value!r}')
+    if (low is not None and value < low) or (high is not None
+                                             and value > high):
+        bounds = (f'>= {low}' if high is None else
+                  f'in [{low}, {high}]' if low is not None else
+                  f'<= {high}')
+        raise ValueError(f'{name} must be {bounds}, got {value}')
+    return value
 
 
-def norm_tokens_in_place(tokens, norm):
-    """``norm(tokens)`` for (B, N, C) tokens the caller owns; CPU
-    inference writes it over them in token blocks (no second whole map:
-    on the CPU a fresh map above 32 MB costs page faults at every call)."""
-    if not cpu_inference_in_parts(tokens, norm):
-        return norm(tokens)
-    B, N, C = tokens.shape
-    for s in _map_blocks(N, B * C):
-        tokens[:, s] = norm(tokens[:, s])
-    return tokens
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {list(choices)}, '
+                         f'got {value!r}')
+    return value
 
 
-def add_resized_grid_(x, grid, src_hw, hw_shape, mode):
-    """``x += grid`` resized to x's map, in place, by blocks of rows resized
-    on demand (:func:`token_grid_rows`): no whole-map temporaries.
-
-    Args:
-        x (Tensor): (B, H*W, C) tokens of an (H, W) map.
-        grid (Tensor): (1, Hs*Ws, C) tokens of an (Hs, Ws) grid.
-        src_hw, hw_shape: (Hs, Ws) and (H, W).
-        mode (str): 'bilinear' or 'bicubic'.
-    """
-    rows = token_grid_rows(grid, src_hw, hw_shape, mode)
-    B, _, C = x.shape
-    H, W = hw_shape
-    x_rows = x.view(B, H, W * C)
-    for s in _map_blocks(H, B * W * C):
-        x_rows[:, s] += rows(s).view(1, -1, W * C)
-    return x
+def check_init_cfg(init_cfg):
+    """``init_cfg`` as MMEngine's BaseModule takes it: None, a dict or a
+    list of dicts, each with a 'type'. Returns it as a list."""
+    if init_cfg is None:
+        return []
+    cfgs = [init_cfg] if isinstance(init_cfg, dict) else init_cfg
+    if not isinstance(cfgs, (list, tuple)) or not all(
+            isinstance(c, dict) for c in cfgs):
+        raise TypeError('init_cfg must be None, a dict or a list of dicts, '
+                        f'got {init_cfg!r}')
+    for c in cfgs:
+        if 'type' not in c:
+            raise ValueError(f'every init_cfg needs a "type", got {c!r}')
+    return list(cfgs)
 
 
-def tokens_to_map(tokens, hw_shape, norm=None):
-    """(B, H*W, C) tokens -> contiguous (B, C, H, W), through the row-wise
-    ``norm`` (a module) if given.
-
-    CPU inference goes in blocks of tokens, each normed and transposed
-    while in cache: the same numbers, and a whole-map transposing copy is
-    3-5x slower on the CPU (4.6 vs 28 ms for 66,800 x 64 tokens here).
-    """
-    B, N, C = tokens.shape
-    if not cpu_inference_in_parts(tokens, norm):
-        if norm is not None:
-            tokens = norm(tokens)
-        return tokens.transpose(1, 2).reshape(B, C, *hw_shape).contiguous()
-    out = tokens.new_empty(B, C, N)
-    for s in _map_blocks(N, B * C):
-        out[:, :, s] = (tokens[:, s] if norm is None else
-                        norm(tokens[:, s])).transpose(1, 2)
-    return out.view(B, C, *hw_shape)
-
-
-class ChannelsLastPatchEmbed(PatchEmbed):
-    """mmcv's ``PatchEmbed`` (same parameters; the same numbers up to float
-    rounding) that in CPU inference stays in the channels-last layout.
-
-    A token map passed as a channels-last (B, C, H, W) view (Pola-PVT's
-    stages 2-4) is padded as (B, H, W, C), and the convolution gets a
-    channels-last kernel, so its output is channels-last and its tokens
-    (B, H'*W', C') come out without a transposing copy. mmcv's forward pads
-    such a view into a channels-first copy and transposes the conv output
-    for the norm: 3.6x slower for Pola-PVT-T's stage-2 embedding at
-    800x1333, 1.3x for a 3-channel image.
-
-    Shapes:
-        forward(x (B, C, H, W)) -> ((B, H'*W', C'), (H', W')).
-    """
-
-    def forward(self, x):
-        conv = self.projection
-        if not (cpu_inference_in_parts(x, self)
-                and type(conv) is nn.Conv2d):
-            return super().forward(x)
-        if self.adaptive_padding:
-            pad_h, pad_w = self.adaptive_padding.get_pad_shape(x.shape[-2:])
-            if self.adaptive_padding.padding == 'same':
-                pads = (pad_w // 2, pad_w - pad_w // 2,
-                        pad_h // 2, pad_h - pad_h // 2)
-            else:  # 'corner'
-                pads = (0, pad_w, 0, pad_h)
-            if any(pads) and x.is_contiguous(
-                    memory_format=torch.channels_last):
-                x = F.pad(x.permute(0, 2, 3, 1),
-                          (0, 0) + pads).permute(0, 3, 1, 2)
-            elif any(pads):
-                x = F.pad(x, pads)
-        x = conv._conv_forward(
-            x, conv.weight.contiguous(memory_format=torch.channels_last),
-            conv.bias)
-        out_size = (x.shape[2], x.shape[3])
-        x = x.flatten(2).transpose(1, 2)  # contiguous
-        if self.norm is not None:
-            x = norm_tokens_in_place(x, self.norm)
-        return x, out_size
+def _is_pretrained(cfg):
+    kind = cfg.get('type')
+    return kind == 'Pretrained' or getattr(kind, '__name__',
+                                           None) == 'PretrainedInit'
 
 
 class DenseBackboneMixin:
-    """arch presets, output norms, freezing and initialisation.
+    """arch presets, argument checks, output norms, freezing and
+    initialisation of a dense-prediction backbone.
 
     A backbone using it defines ``arch_zoo``, ``family`` ('pvt' / 'swin'),
-    ``num_stages``, ``num_features`` and ``_stage_modules(i)`` /
-    ``_stem_modules()`` (the modules frozen with stage i / with the stem).
+    ``num_stages``, ``num_features``, ``in_channels`` and
+    ``_stage_modules(i)`` / ``_stem_modules()`` (the modules frozen with
+    stage i / with the stem).
     """
 
-    def parse_arch(self, arch, essential_keys):
+    def parse_arch(self, arch, essential_keys, per_stage_keys):
+        """A preset name (case-insensitive) or a dict with exactly
+        ``essential_keys``; per-stage lists must have one entry per
+        stage."""
         if isinstance(arch, str):
-            arch = arch.lower()
-            assert arch in self.arch_zoo, (
-                f'Unknown arch {arch!r}; choose from '
-                f'{sorted(set(self.arch_zoo))} or pass a dict')
-            return copy.deepcopy(self.arch_zoo[arch])
-        assert isinstance(arch, dict) and essential_keys <= set(arch), (
-            f'A custom arch needs the keys {sorted(essential_keys)}, '
-            f'got {arch!r}')
-        return dict(arch)
+            name = arch.lower()
+            if name not in self.arch_zoo:
+                raise ValueError(
+                    f'arch {arch!r} is not a preset of {type(self).__name__}'
+                    f'; choose from {sorted(set(self.arch_zoo))} or pass a '
+                    f'dict with the keys {sorted(essential_keys)}')
+            settings = copy.deepcopy(self.arch_zoo[name])
+        elif isinstance(arch, dict):
+            missing = set(essential_keys) - set(arch)
+            unknown = set(arch) - set(essential_keys)
+            if missing or unknown:
+                raise ValueError(
+                    f'a custom arch must have exactly the keys '
+                    f'{sorted(essential_keys)}; missing {sorted(missing)}, '
+                    f'unknown {sorted(unknown)} in {arch!r}')
+            settings = copy.deepcopy(dict(arch))
+        else:
+            raise TypeError(f'arch must be a str or a dict, got {arch!r}')
+        lengths = {k: len(settings[k]) for k in per_stage_keys}
+        if len(set(lengths.values())) != 1 or 0 in lengths.values():
+            raise ValueError('the per-stage settings of arch must have one '
+                             f'entry per stage; got lengths {lengths}')
+        return settings
 
     def check_out_indices(self, out_indices):
-        if isinstance(out_indices, int):
+        """Stage indices (negative ones count from the end) -> sorted
+        tuple of distinct indices in [0, num_stages)."""
+        n = self.num_stages
+        if isinstance(out_indices, int) and not isinstance(out_indices, bool):
             out_indices = [out_indices]
-        for i in out_indices:
-            assert -self.num_stages <= i < self.num_stages, (
-                f'out_indices {out_indices} out of range for '
-                f'{self.num_stages} stages')
-        return tuple(sorted(i % self.num_stages for i in out_indices))
+        if not isinstance(out_indices, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool)
+                for i in out_indices):
+            raise TypeError('out_indices must be an int or a sequence of '
+                            f'ints, got {out_indices!r}')
+        bad = [i for i in out_indices if not -n <= i < n]
+        if bad:
+            raise ValueError(f'out_indices {list(out_indices)}: {bad} out of '
+                             f'range for {n} stages (allowed {-n}..{n - 1})')
+        normed = [i % n for i in out_indices]
+        if len(set(normed)) != len(normed):
+            raise ValueError(
+                f'out_indices {list(out_indices)} name a stage twice')
+        return tuple(sorted(normed))
+
+    def check_common_args(self, out_norms, frozen_stages, init_cfg):
+        if not isinstance(out_norms, bool):
+            raise TypeError(f'out_norms must be a bool, got {out_norms!r}')
+        check_int('frozen_stages', frozen_stages, -1, self.num_stages)
+        check_init_cfg(init_cfg)
 
     def add_out_norms(self, out_norms, norm_cfg):
         """Add LayerNorm ``norm{i}`` for each output stage i if requested."""
@@ -383,10 +189,38 @@ class DenseBackboneMixin:
                 self.add_module(f'norm{i}', build_norm_layer(
                     norm_cfg, self.num_features[i])[1])
 
+    def register_checkpoint_conversion(self):
+        """Every ``load_state_dict`` (``mmengine.runner.load_checkpoint``,
+        a detector's ``load_from``) converts released keys and resizes
+        grids (:func:`mmpola.checkpoint.released_state_dict_pre_hook`)."""
+        from ..checkpoint import released_state_dict_pre_hook
+        self._register_load_state_dict_pre_hook(
+            released_state_dict_pre_hook, with_module=True)
+
+    def check_input(self, x):
+        """A batched (B, in_channels, H, W) image tensor with B > 0."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else x
+            raise ValueError(
+                f'{type(self).__name__} expects a batched image tensor '
+                f'(B, {self.in_channels}, H, W), got {shape}; add a batch '
+                'dimension with x[None]')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'{type(self).__name__} was built with in_channels='
+                f'{self.in_channels}, got an input of {x.shape[1]} channels')
+        if x.shape[0] == 0:
+            raise ValueError(f'{type(self).__name__} got an empty batch '
+                             f'(input shape {tuple(x.shape)})')
+
     def format_output(self, i, tokens, hw_shape):
-        """Stage i's (B, H*W, C) tokens -> (B, C, H, W), through ``norm{i}``."""
-        return tokens_to_map(tokens, hw_shape, getattr(self, f'norm{i}')
-                             if self.out_norms else None)
+        """Stage i's (B, H*W, C) tokens -> (B, C, H, W), through
+        ``norm{i}``."""
+        if self.out_norms:
+            tokens = getattr(self, f'norm{i}')(tokens)
+        return tokens_to_map(tokens, hw_shape)
+
+    # ------------------------------------------------- freezing
 
     def _frozen_modules(self):
         if self.frozen_stages < 0:
@@ -412,16 +246,66 @@ class DenseBackboneMixin:
         self._freeze_stages()
         return self
 
-    def init_weights(self):
-        if self.init_cfg is not None and self.init_cfg.get(
-                'type') == 'Pretrained':
-            from ..checkpoint import load_pretrained
-            load_pretrained(self, self.init_cfg['checkpoint'])
-            self._is_init = True
-            return
+    # ------------------------------------------------- initialisation
+
+    def init_from_scratch(self):
+        """The from-scratch values of the released training code: Linear
+        weights truncated normal (std .02) with zero bias, LayerNorms 1 / 0,
+        position embeddings and relative position bias tables truncated
+        normal (std .02), the Pola power, scale and positional encodings
+        zero."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_init(m, std=.02, bias=0.)
             elif isinstance(m, nn.LayerNorm):
                 constant_init(m, val=1.0, bias=0.)
-        super().init_weights()
+            elif isinstance(m, PolaAttention):
+                m.reset_parameters()
+        for name, param in self.named_parameters():
+            leaf = name.rsplit('.', 1)[-1]
+            if (leaf.startswith('pos_embed')
+                    or leaf == 'relative_position_bias_table'):
+                trunc_normal_(param, std=.02)
+
+    def init_weights(self):
+        """MMEngine's ``init_weights`` with ``init_cfg`` None, a dict or a
+        list of dicts: first :meth:`init_from_scratch`, then the
+        initialisers of ``init_cfg`` (and the submodules' own), then a
+        ``Pretrained`` checkpoint through
+        :func:`mmpola.checkpoint.load_pretrained` (released files are
+        converted and grids resized)."""
+        from mmengine.model.weight_init import update_init_info
+        cfgs = check_init_cfg(self.init_cfg)
+        if self.is_init:  # MMEngine warns and leaves the weights alone
+            return super().init_weights()
+        pretrained = [c for c in cfgs if _is_pretrained(c)]
+        others = [c for c in cfgs if not _is_pretrained(c)]
+        top = not hasattr(self, '_params_init_info')
+        if top:  # as BaseModule.init_weights does for the top module
+            self._params_init_info = defaultdict(dict)
+            for param in self.parameters():
+                self._params_init_info[param]['init_info'] = (
+                    'The value is the same before and after calling '
+                    f'`init_weights` of {type(self).__name__} ')
+                self._params_init_info[param]['tmp_mean_value'] = \
+                    param.data.mean().cpu()
+            for m in self.modules():
+                m._params_init_info = self._params_init_info
+        self.init_from_scratch()
+        update_init_info(self, init_info=(
+            f'{type(self).__name__}.init_from_scratch (released training '
+            'code values)'))
+        init_cfg, self.init_cfg = self.init_cfg, others or None
+        try:
+            super().init_weights()  # init_cfg initialisers, submodules
+        finally:
+            self.init_cfg = init_cfg
+        if pretrained:
+            from ..checkpoint import load_pretrained
+            path = pretrained[-1]['checkpoint']
+            load_pretrained(self, path)
+            update_init_info(self, init_info=f'Loaded from {path}')
+        if top:
+            self._dump_init_info()
+            for m in self.modules():
+                del m._params_init_info

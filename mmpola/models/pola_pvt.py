@@ -1,18 +1,18 @@
 """Pola-PVT: PVT v1 with Pola attention in every stage."""
 import torch
 import torch.nn as nn
+from mmcv.cnn.bricks.transformer import PatchEmbed
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
-from .backbone_utils import (ChannelsLastPatchEmbed, DenseBackboneMixin,
-                             PreNormBlock, add_resized_grid_, run_blocks,
-                             unobserved)
-from .pola_attention import (PolaAttention, cpu_inference_in_parts,
-                             resize_token_grid)
+from .backbone_utils import (DenseBackboneMixin, PreNormBlock, check_int,
+                             static_hw)
+from .pola_attention import PolaAttention, resize_grid_tokens
 
 
 class PolaPVTBlock(PreNormBlock):
-    """Pre-norm transformer block with global Pola attention.
+    """Pre-norm transformer block with global Pola attention
+    (``norm1``, ``attn``, ``drop_path``, ``norm2``, ``ffn``).
 
     Shapes:
         forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
@@ -33,18 +33,21 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
 
     PVT v1 layout without spatial reduction; every block uses global
     polarity-aware linear attention. Loads the released ImageNet checkpoints
-    (``init_cfg=dict(type='Pretrained', checkpoint=PATH)``).
+    (``init_cfg=dict(type='Pretrained', checkpoint=PATH)``, or
+    ``load_state_dict`` / ``mmengine.runner.load_checkpoint`` of a released
+    file: keys are converted and grids resized on the way in).
 
     Args:
-        arch (str | dict): 'tiny', 'small', 'medium', 'large' or a dict with
-            keys ``embed_dims``, ``depths``, ``num_heads``, ``mlp_ratios``
-            (one value per stage).
+        arch (str | dict): 'tiny', 'small', 'medium', 'large' (or 't', 's',
+            'm', 'l') or a dict with exactly the keys ``embed_dims``,
+            ``depths``, ``num_heads``, ``mlp_ratios`` (one value per stage).
         pretrain_img_size (int): image size of the released weights; sets
             the grid of ``pos_embed{i}`` and the Pola positional encodings,
             both resized to the actual maps (bilinear / bicubic).
         in_channels (int): input channels.
         patch_sizes (sequence[int]): patch-embedding stride per stage.
-        out_indices (sequence[int]): stages whose outputs are returned.
+        out_indices (int | sequence[int]): stages whose outputs are
+            returned (negative: from the end; distinct).
         out_norms (bool): new LayerNorm ``norm{i}`` on each output (the
             released classifier applies no final norm; set False for it).
         drop_rate (float): dropout rate.
@@ -54,10 +57,13 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         with_cp (bool): gradient checkpointing per block.
         norm_cfg (dict): block norms (LayerNorm eps 1e-6 as released); the
             patch embeddings use LayerNorm eps 1e-5 as released.
-        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``.
+        init_cfg (dict | list[dict], optional): MMEngine initialisers, e.g.
+            ``dict(type='Pretrained', checkpoint=PATH)``; position
+            embeddings and Pola parameters are initialised whatever it is.
 
     Shapes:
-        input (B, in_channels, H, W), any H, W ->
+        input (B, in_channels, H, W), B >= 1 (an empty batch or an
+        unbatched image raises ValueError), any H, W ->
         tuple of (B, C_i, ceil(H / 4 / 2^i), ceil(W / 4 / 2^i)).
 
     Example:
@@ -75,6 +81,7 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         **dict.fromkeys(['l', 'large'], dict(_dims, depths=[3, 8, 27, 3])),
     }
     family = 'pvt'
+    _arch_keys = ('embed_dims', 'depths', 'num_heads', 'mlp_ratios')
 
     def __init__(self,
                  arch='tiny',
@@ -90,16 +97,23 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
                  norm_cfg=dict(type='LN', eps=1e-6),
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        self.arch_settings = self.parse_arch(
-            arch, {'embed_dims', 'depths', 'num_heads', 'mlp_ratios'})
+        self.arch_settings = self.parse_arch(arch, self._arch_keys,
+                                             self._arch_keys)
         dims = self.arch_settings['embed_dims']
         depths = self.arch_settings['depths']
         num_heads = self.arch_settings['num_heads']
         mlp_ratios = self.arch_settings['mlp_ratios']
-        assert len(dims) == len(depths) == len(num_heads) == len(mlp_ratios)
         self.num_stages = len(depths)
+        if len(patch_sizes) != self.num_stages:
+            raise ValueError(f'patch_sizes {tuple(patch_sizes)} needs one '
+                             f'entry per stage ({self.num_stages})')
+        for size in patch_sizes:
+            check_int('patch_sizes[i]', size, 1)
+        check_int('pretrain_img_size', pretrain_img_size, 1)
+        self.in_channels = check_int('in_channels', in_channels, 1)
         self.num_features = list(dims)
         self.out_indices = self.check_out_indices(out_indices)
+        self.check_common_args(out_norms, frozen_stages, init_cfg)
         self.frozen_stages = frozen_stages
         self.pretrain_img_size = pretrain_img_size
 
@@ -109,7 +123,7 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         for i in range(self.num_stages):
             grid //= patch_sizes[i]
             self.pretrain_grids.append((grid, grid))
-            self.add_module(f'patch_embed{i + 1}', ChannelsLastPatchEmbed(
+            self.add_module(f'patch_embed{i + 1}', PatchEmbed(
                 in_channels if i == 0 else dims[i - 1], dims[i],
                 kernel_size=patch_sizes[i], stride=patch_sizes[i],
                 norm_cfg=dict(type='LN', eps=1e-5)))
@@ -125,6 +139,7 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         self.pos_drop = nn.Dropout(drop_rate)
         self.add_out_norms(out_norms, norm_cfg)
         self._freeze_stages()
+        self.register_checkpoint_conversion()
 
     def _stem_modules(self):
         return [self.patch_embed1, self.pos_embed1]
@@ -134,37 +149,21 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
                 getattr(self, f'pos_embed{i + 1}'),
                 getattr(self, f'block{i + 1}')]
 
-    def init_weights(self):
-        if self.init_cfg is None:
-            for i in range(self.num_stages):
-                nn.init.trunc_normal_(
-                    getattr(self, f'pos_embed{i + 1}'), std=.02)
-        super().init_weights()
-
-    def _add_pos_embed(self, i, x, hw):
-        """x (B, H*W, C) + ``pos_embed{i+1}`` resized to hw. CPU inference
-        adds it in place (x is the patch embedding's own output) by blocks
-        of rows resized on demand: no whole-map temporaries."""
-        pos = getattr(self, f'pos_embed{i + 1}')
-        embed = getattr(self, f'patch_embed{i + 1}')
-        if not (cpu_inference_in_parts(x) and unobserved(embed)):
-            return x + resize_token_grid(pos, self.pretrain_grids[i], hw,
-                                         'bilinear')
-        return add_resized_grid_(x, pos, self.pretrain_grids[i], hw,
-                                 'bilinear')
-
     def forward(self, x):
+        self.check_input(x)
         outs = []
         for i in range(self.num_stages):
             x, hw = getattr(self, f'patch_embed{i + 1}')(x)
-            x = self.pos_drop(self._add_pos_embed(i, x, hw))
-            # x is a fresh sum (or the patch embedding's output when it
-            # has no hook): the blocks may overwrite it
-            x = run_blocks(getattr(self, f'block{i + 1}'), x, hw,
-                           own_input=True)
+            hw = static_hw(hw)
+            pos = resize_grid_tokens(getattr(self, f'pos_embed{i + 1}'),
+                                     self.pretrain_grids[i], hw, 'bilinear')
+            x = self.pos_drop(x + pos)
+            for block in getattr(self, f'block{i + 1}'):
+                x = block(x, hw)
             if i in self.out_indices:
                 outs.append(self.format_output(i, x, hw))
-            # the next patch embedding reads the tokens as a channels-last
-            # (B, C, H, W) view: no transposing copy, the same numbers
-            x = x.transpose(1, 2).unflatten(2, hw)
+            if i < self.num_stages - 1:
+                # (B, C, H, W) for the next patch embedding: a channels-last
+                # view of the tokens (no copy; the conv takes it as it is)
+                x = x.transpose(1, 2).unflatten(2, hw)
         return tuple(outs)

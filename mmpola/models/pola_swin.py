@@ -4,92 +4,84 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn.bricks.transformer import PatchMerging
+from mmcv.cnn.bricks.transformer import PatchEmbed, PatchMerging
 from mmengine.model import BaseModule, ModuleList
+from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from mmengine.utils import to_2tuple
-from mmpretrain.models.utils import WindowMSA
 
-from .backbone_utils import (ChannelsLastPatchEmbed, DenseBackboneMixin,
-                             PreNormBlock, run_blocks, unobserved)
-from .pola_attention import (PolaAttention, Workspace,
-                             cpu_inference_in_parts, linear_into)
-from .windows import (PAD_LABEL, shifted_window_attention,
-                      shifted_window_bands)
+from .backbone_utils import (DenseBackboneMixin, PreNormBlock, check_choice,
+                             check_int, static_hw)
+from .pola_attention import PolaAttention
+from .windows import PAD_LABEL, shifted_window_attention
+
+ATTN_TYPES = ('pola', 'softmax')
+POLA_ATTN_MODES = ('global', 'window')
 
 
-class SplitQKVWindowMSA(WindowMSA):
-    """mmpretrain's ``WindowMSA`` (same parameters and arithmetic) with q, k
-    and v split off the qkv projection by ``unbind``: in backward their
-    gradients are written once into the projection's layout (``qkv[i]``
-    zero-fills three full-size buffers and then copies their sum).
-    Without gradients the attention is PyTorch's fused
-    ``scaled_dot_product_attention`` with the bias and the mask as one
-    additive mask (the same numbers up to float rounding, about 2.5x
-    faster on the CPU; with gradients the CPU one would fall back to its
-    slow reference kernel, as the bias needs a gradient).
+class WindowMSA(BaseModule):
+    """Window multi-head self-attention with a relative position bias (Swin
+    v1), in the released checkpoints' (and mmpretrain's ``WindowMSA``)
+    parameter layout: ``qkv``, ``proj``, ``relative_position_bias_table``
+    ((2w-1)^2, heads); ``relative_position_index`` is rebuilt from the window
+    size, never loaded. The attention itself is PyTorch's
+    ``scaled_dot_product_attention`` with the bias (and the shift / padding
+    mask) as its additive mask.
 
     Shapes:
-        forward(x (B*nW, ws*ws, C), mask (nW, ws*ws, ws*ws) or None)
-        -> (B*nW, ws*ws, C).
+        forward(x (B*nW, w*w, C), mask (nW, w*w, w*w) or None)
+        -> (B*nW, w*w, C).
     """
 
-    def attention_bias(self, mask=None):
-        """Relative position bias plus ``mask`` (nW, N, N), as one additive
-        mask: (nW or 1, h, N, N), contiguous."""
-        N = self.relative_position_index.shape[0]
-        bias = self.relative_position_bias_table[
-            self.relative_position_index.view(-1)].view(N, N, -1)
-        bias = bias.permute(2, 0, 1).unsqueeze(0)             # (1, h, N, N)
-        if mask is not None:
-            bias = bias + mask.unsqueeze(1)
-        return bias.contiguous()
+    def __init__(self, embed_dims, window_size, num_heads, qkv_bias=True,
+                 attn_drop=0., proj_drop=0., init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if embed_dims % num_heads:
+            raise ValueError(f'num_heads ({num_heads}) must divide '
+                             f'embed_dims ({embed_dims})')
+        self.embed_dims = embed_dims
+        self.window_size = to_2tuple(window_size)
+        self.num_heads = num_heads
+        self.scale = (embed_dims // num_heads)**-0.5
+        self.attn_drop = attn_drop
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+        coords = torch.stack(torch.meshgrid(
+            torch.arange(wh), torch.arange(ww), indexing='ij')).flatten(1)
+        rel = coords[:, :, None] - coords[:, None, :]         # (2, N, N)
+        index = (rel[0] + wh - 1) * (2 * ww - 1) + rel[1] + ww - 1
+        self.register_buffer('relative_position_index', index,
+                             persistent=False)
+        self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x, mask=None, attn_bias=None, ws=None):
-        """``attn_bias`` (:meth:`attention_bias`) and ``ws`` (a
-        :class:`Workspace` for the projections' outputs; the result is then
-        valid until its next use) are for inference only."""
+    def init_weights(self):
+        super().init_weights()
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def forward(self, x, mask=None):
         B_, N, C = x.shape
         h = self.num_heads
-        grad = torch.is_grad_enabled()
-        assert not grad or (attn_bias is None and ws is None)
-        if ws is None:
-            qkv = self.qkv(x)
-        else:
-            qkv = linear_into(ws('qkv', B_ * N, 3 * C), x.reshape(-1, C),
-                              self.qkv.weight, self.qkv.bias)
-        q, k, v = (t.transpose(1, 2) for t in  # (B_, h, N, d) views
-                   qkv.view(B_, N, 3, h, C // h).unbind(2))
-        if not grad:
-            if attn_bias is None:
-                attn_bias = self.attention_bias(mask)
-            nW = attn_bias.shape[0]
-            if nW not in (1, B_):  # (B_ // nW, nW, h, N, N)
-                attn_bias = attn_bias.expand(
-                    B_ // nW, -1, -1, -1, -1).reshape(B_, h, N, N)
-            x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_bias.to(q.dtype), scale=self.scale,
-                dropout_p=self.attn_drop.p if self.training else 0.)
-        else:
-            bias = self.attention_bias()
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            attn = attn + bias
-            if mask is not None:
-                nW = mask.shape[0]
-                attn = (attn.view(B_ // nW, nW, h, N, N) +
-                        mask.unsqueeze(1).unsqueeze(0)).view(-1, h, N, N)
-            x = self.attn_drop(self.softmax(attn)) @ v
-        x = x.transpose(1, 2).reshape(B_, N, C)
-        if ws is not None:
-            x = linear_into(ws('proj', B_ * N, C), x.view(-1, C),
-                            self.proj.weight, self.proj.bias).view(B_, N, C)
-        else:
-            x = self.proj(x)
-        return self.proj_drop(x)
+        q, k, v = self.qkv(x).reshape(B_, N, 3, h, C // h).permute(
+            2, 0, 3, 1, 4).unbind(0)                       # (B_, h, N, d)
+        bias = self.relative_position_bias_table[
+            self.relative_position_index.view(-1)].view(N, N, h)
+        bias = bias.permute(2, 0, 1).unsqueeze(0)             # (1, h, N, N)
+        if mask is not None:
+            nW = mask.shape[0]
+            bias = (bias + mask.unsqueeze(1)).unsqueeze(0).expand(
+                B_ // nW, -1, -1, -1, -1).reshape(B_, h, N, N)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale,
+            dropout_p=self.attn_drop if self.training else 0.)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, C)))
 
 
 class PolaSwinBlock(PreNormBlock):
-    """Pre-norm Swin block with softmax window or Pola attention.
+    """Pre-norm Swin block with softmax window or Pola attention
+    (``norm1``, ``attn``, ``drop_path``, ``norm2``, ``ffn``).
 
     Args:
         embed_dims (int): C.
@@ -113,155 +105,63 @@ class PolaSwinBlock(PreNormBlock):
                  norm_cfg=dict(type='LN'), init_cfg=None):
         super().__init__(embed_dims, mlp_ratio, drop_rate, drop_path_rate,
                          with_cp, norm_cfg, init_cfg)
-        assert attn_type in ('softmax', 'pola'), attn_type
-        assert pola_attn_mode in ('global', 'window'), pola_attn_mode
-        self.attn_type = attn_type
-        self.pola_attn_mode = pola_attn_mode
-        self.window_size = window_size
+        self.attn_type = check_choice('attn_type', attn_type, ATTN_TYPES)
+        self.pola_attn_mode = check_choice('pola_attn_mode', pola_attn_mode,
+                                           POLA_ATTN_MODES)
+        self.window_size = check_int('window_size', window_size, 1)
         self.shift = shift
         if attn_type == 'softmax':
-            self.attn = SplitQKVWindowMSA(
-                embed_dims, to_2tuple(window_size), num_heads,
-                proj_drop=drop_rate)
-            # rebuilt from the window size, never loaded from a checkpoint
-            index = self.attn.relative_position_index
-            del self.attn.relative_position_index
-            self.attn.register_buffer(
-                'relative_position_index', index, persistent=False)
+            self.attn = WindowMSA(embed_dims, window_size, num_heads,
+                                  proj_drop=drop_rate)
         else:
             self.attn = PolaAttention(
                 embed_dims, num_heads, pretrain_hw, fused_qkvg=True,
                 proj_drop=drop_rate)
 
     def _is_global(self, hw_shape):
+        """Whether a Pola block attends over the whole map."""
         return self.attn_type == 'pola' and (
             self.pola_attn_mode == 'global'
             or max(hw_shape) <= self.window_size)
-
-    # CPU inference of window blocks: bands of window rows whose (tokens,
-    # 4C) maps have about this many elements
-    CPU_BAND_ELEMENTS = 1 << 21
 
     def _shift(self, hw_shape):
         ws = self.window_size
         return ws // 2 if self.shift and min(hw_shape) > ws else 0
 
-    def _window_attend(self, ws=None):
-        """``attend(windows (B*nW, w*w, C), labels (nW, w*w) or None)``
-        for :func:`shifted_window_attention`. With a :class:`Workspace`
-        (inference in bands) softmax windows project into it and build the
-        attention bias once per label pattern."""
+    def _attend(self, windows, labels):
+        """Attention within windows (B*nW, w*w, C); tokens attend only to
+        tokens of the same label (nW, w*w)."""
         window = self.window_size
         if self.attn_type == 'softmax':
-            biases = []  # (labels, attention bias) of the patterns seen
-
-            def mask_of(labels, dtype):
-                if labels is None:
-                    return None
-                return ((labels[:, :, None] != labels[:, None, :])
-                        * -100.).to(dtype)
-
-            def bias_of(labels, dtype):
-                for seen, bias in biases:
-                    if (seen is labels is None or (
-                            seen is not None and labels is not None
-                            and seen.shape == labels.shape
-                            and torch.equal(seen, labels))):
-                        return bias
-                biases.append((labels, self.attn.attention_bias(
-                    mask_of(labels, dtype))))
-                return biases[-1][1]
-
-            def attend(windows, labels):
-                if ws is None:
-                    return self.attn(windows,
-                                     mask=mask_of(labels, windows.dtype))
-                return self.attn(windows, ws=ws,
-                                 attn_bias=bias_of(labels, windows.dtype))
-        else:
-            def attend(windows, labels):
-                # Released Pola windows ignore the shift mask; only
-                # padding is kept out of the sums.
-                key_mask = None
-                if labels is not None:
-                    key_mask = (labels != PAD_LABEL).repeat(
-                        windows.shape[0] // labels.shape[0], 1)
-                return self.attn(windows, (window, window), key_mask)
-        return attend
+            mask = None
+            if labels is not None:
+                mask = (labels[:, :, None] != labels[:, None, :]).to(
+                    windows.dtype) * -100.
+            return self.attn(windows, mask=mask)
+        # Released Pola windows ignore the shift mask; only padding is
+        # kept out of the sums.
+        key_mask = None
+        if labels is not None:
+            key_mask = (labels != PAD_LABEL).to(windows.dtype).repeat(
+                windows.shape[0] // labels.shape[0], 1)
+        return self.attn(windows, (window, window), key_mask)
 
     def _attention(self, x, hw_shape):
         if self._is_global(hw_shape):
             return self.attn(x, hw_shape)
         return shifted_window_attention(x, hw_shape, self.window_size,
-                                        self._shift(hw_shape),
-                                        self._window_attend())
-
-    def forward(self, x, hw_shape, inplace=False, maps=None):
-        if (not self.training and not self._is_global(hw_shape)
-                and cpu_inference_in_parts(x, self.attn)):
-            # window blocks in bands of window rows (same numbers, no
-            # large intermediate buffers)
-            return shifted_window_bands(
-                x, hw_shape, self.window_size, self._shift(hw_shape),
-                self._window_attend(Workspace(x)), self.norm1,
-                self._residual_ffn_rows(x),
-                self.CPU_BAND_ELEMENTS, out=x if inplace else None)
-        return super().forward(x, hw_shape, inplace, maps)
-
-
-class TokenPatchMerging(PatchMerging):
-    """mmcv's ``PatchMerging`` (same parameters and numbers) that gathers
-    2x2 neighbourhoods from the token layout with one copy, instead of a
-    channels-first map and ``nn.Unfold``; its norm and reduction weights
-    are permuted to that channel order (mmcv's is (C, 2, 2), this one
-    (2, 2, C)). Other settings than 2x2 / stride 2 / corner padding /
-    LayerNorm run mmcv's forward.
-
-    Shapes:
-        forward(x (B, H*W, C), (H, W)) ->
-        ((B, ceil(H/2) * ceil(W/2), C_out), (ceil(H/2), ceil(W/2))).
-    """
-
-    def _is_2x2(self):
-        s = self.sampler
-        pad = self.adaptive_padding
-        return (s.kernel_size == (2, 2) and s.stride == (2, 2)
-                and s.dilation == (1, 1) and s.padding == (0, 0)
-                and (pad is None or pad.padding == 'corner')
-                and (self.norm is None or type(self.norm) is nn.LayerNorm))
-
-    def forward(self, x, input_size):
-        if not self._is_2x2():
-            return super().forward(x, input_size)
-        B, L, C = x.shape
-        H, W = input_size
-        assert L == H * W, f'{L} tokens do not form a {H}x{W} map'
-        x = x.view(B, H, W, C)
-        if (H % 2 or W % 2) and self.adaptive_padding is not None:
-            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-        h, w = x.shape[1] // 2, x.shape[2] // 2
-        x = x[:, :2 * h, :2 * w].reshape(B, h, 2, w, 2, C).permute(
-            0, 1, 3, 2, 4, 5).reshape(B, h * w, 4 * C)
-
-        def to_token_order(t):  # (..., C * 4) -> (..., 4 * C)
-            return t.unflatten(-1, (C, 4)).transpose(-1, -2).flatten(-2)
-
-        if self.norm is not None:
-            x = F.layer_norm(x, (4 * C, ), to_token_order(self.norm.weight),
-                             to_token_order(self.norm.bias), self.norm.eps)
-        x = F.linear(x, to_token_order(self.reduction.weight),
-                     self.reduction.bias)
-        return x, (h, w)
+                                        self._shift(hw_shape), self._attend)
 
 
 class PolaSwinStage(BaseModule):
-    """``depth`` blocks (odd ones shifted), then optional PatchMerging.
+    """``depth`` blocks (odd ones shifted), then mmcv's ``PatchMerging``
+    (weights in mmcv's channel order; released files are converted once
+    when loaded).
 
     Shapes:
-        forward(x (B, H*W, C), hw_shape, own_input=False) ->
-        (x_out, out_hw, x_stage (B, H*W, C), hw_shape): the downsampled tokens
-        and the stage output before downsampling. ``own_input``: x is the
-        caller's to overwrite (:func:`run_blocks`).
+        forward(x (B, H*W, C), hw_shape) ->
+        (x_out, out_hw, x_stage (B, H*W, C), hw_shape): the downsampled
+        tokens and the stage output before downsampling.
     """
 
     def __init__(self, embed_dims, depth, num_heads, attn_type, window_size,
@@ -278,16 +178,17 @@ class PolaSwinStage(BaseModule):
                           with_cp=with_cp, norm_cfg=norm_cfg)
             for i in range(depth)
         ])
-        self.downsample = TokenPatchMerging(
+        self.downsample = PatchMerging(
             embed_dims, 2 * embed_dims,
             norm_cfg=norm_cfg) if downsample else None
 
-    def forward(self, x, hw_shape, own_input=False):
-        x = run_blocks(self.blocks, x, hw_shape, own_input)
+    def forward(self, x, hw_shape):
+        for block in self.blocks:
+            x = block(x, hw_shape)
         if self.downsample is None:
             return x, hw_shape, x, hw_shape
         x_down, down_hw = self.downsample(x, hw_shape)
-        return x_down, down_hw, x, hw_shape
+        return x_down, static_hw(down_hw), x, hw_shape
 
 
 @MODELS.register_module()
@@ -296,12 +197,17 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
 
     Swin v1 layout; stages with ``attn_types == 'pola'`` (1 and 2 in every
     released model) use polarity-aware linear attention, the others shifted
-    softmax windows. Loads the released ImageNet checkpoints
-    (``init_cfg=dict(type='Pretrained', checkpoint=PATH)``).
+    softmax windows (:class:`WindowMSA`). Loads the released
+    ImageNet checkpoints (``init_cfg=dict(type='Pretrained',
+    checkpoint=PATH)``, or ``load_state_dict`` /
+    ``mmengine.runner.load_checkpoint`` of a released file: keys are
+    converted, merging weights put in mmcv's order and grids resized on the
+    way in).
 
     Args:
-        arch (str | dict): 'tiny', 'small', 'base' or a dict with keys
-            ``embed_dims`` (int), ``depths``, ``num_heads``.
+        arch (str | dict): 'tiny', 'small', 'base' (or 't', 's', 'b') or a
+            dict with exactly the keys ``embed_dims`` (int), ``depths``,
+            ``num_heads``.
         pretrain_img_size (int): image size of the released weights (224 or
             384); sets the grid of the Pola positional encodings.
         in_channels (int): input channels.
@@ -321,7 +227,8 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
             the released code does on maps larger than its window.
         attn_types (sequence[str]): 'pola' / 'softmax' per stage.
         mlp_ratio (float): FFN ratio.
-        out_indices (sequence[int]): stages whose outputs are returned.
+        out_indices (int | sequence[int]): stages whose outputs are
+            returned (negative: from the end; distinct).
         out_norms (bool): LayerNorm ``norm{i}`` on each output (new layers,
             except ``norm3``, which takes the released final ``norm``).
         drop_rate (float): dropout rate.
@@ -330,10 +237,13 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
             stages 1..i (with their output norms).
         with_cp (bool): gradient checkpointing per block.
         norm_cfg (dict): norm layers (LayerNorm eps 1e-5 as released).
-        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)``.
+        init_cfg (dict | list[dict], optional): MMEngine initialisers, e.g.
+            ``dict(type='Pretrained', checkpoint=PATH)``; relative position
+            tables and Pola parameters are initialised whatever it is.
 
     Shapes:
-        input (B, in_channels, H, W), any H, W ->
+        input (B, in_channels, H, W), B >= 1 (an empty batch or an
+        unbatched image raises ValueError), any H, W ->
         tuple of (B, C_i, ceil(H / (4 * 2^i)), ceil(W / (4 * 2^i))),
         C_i = embed_dims * 2^i.
 
@@ -374,18 +284,31 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self.parse_arch(
-            arch, {'embed_dims', 'depths', 'num_heads'})
-        embed_dims = self.arch_settings['embed_dims']
+            arch, ('embed_dims', 'depths', 'num_heads'),
+            ('depths', 'num_heads'))
+        embed_dims = check_int('arch embed_dims',
+                               self.arch_settings['embed_dims'], 1)
         depths = self.arch_settings['depths']
         num_heads = self.arch_settings['num_heads']
-        assert len(depths) == len(num_heads) == len(attn_types)
+        if isinstance(attn_types, str) or len(attn_types) != len(depths):
+            raise ValueError(f'attn_types {attn_types!r} needs one entry per '
+                             f'stage ({len(depths)})')
+        for t in attn_types:
+            check_choice('attn_types[i]', t, ATTN_TYPES)
+        check_choice('pola_attn_mode', pola_attn_mode, POLA_ATTN_MODES)
+        check_int('window_size', window_size, 1)
+        check_int('pola_window_size', pola_window_size, 1)
+        check_int('patch_size', patch_size, 1)
+        check_int('pretrain_img_size', pretrain_img_size, 1)
+        self.in_channels = check_int('in_channels', in_channels, 1)
         self.num_stages = len(depths)
         self.out_indices = self.check_out_indices(out_indices)
+        self.check_common_args(out_norms, frozen_stages, init_cfg)
         self.frozen_stages = frozen_stages
         self.pretrain_img_size = pretrain_img_size
         self.pola_attn_mode = pola_attn_mode
 
-        self.patch_embed = ChannelsLastPatchEmbed(
+        self.patch_embed = PatchEmbed(
             in_channels, embed_dims, kernel_size=patch_size, stride=patch_size,
             norm_cfg=norm_cfg)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -396,7 +319,7 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
             dims = embed_dims * 2**i
             # a Pola window is its positional-encoding grid: the released
             # code clamps pola_window_size to the map (56, 28 at 224)
-            pola_ws = min(grid, pola_window_size)
+            pola_ws = max(1, min(grid, pola_window_size))
             pola = attn_types[i] == 'pola'
             self.layers.append(PolaSwinStage(
                 dims, depth, num_heads[i], attn_types[i],
@@ -410,6 +333,7 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
             grid //= 2
         self.add_out_norms(out_norms, norm_cfg)
         self._freeze_stages()
+        self.register_checkpoint_conversion()
 
     def _stage_modules(self, i):
         return [self.layers[i]]
@@ -418,17 +342,13 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         return [self.patch_embed]
 
     def forward(self, x):
+        self.check_input(x)
         x, hw = self.patch_embed(x)
-        # x, the patch embedding's or the last downsampling's output, is
-        # the next stage's to overwrite unless a hook can see it
-        own = unobserved(self.patch_embed)
+        hw = static_hw(hw)
         outs = []
         for i, stage in enumerate(self.layers):
-            x, hw_next, x_stage, hw = stage(
-                x, hw, own_input=own and unobserved(stage))
+            x, hw_next, x_stage, hw = stage(x, hw)
             if i in self.out_indices:
                 outs.append(self.format_output(i, x_stage, hw))
             hw = hw_next
-            own = unobserved(stage) and (stage.downsample is None
-                                         or unobserved(stage.downsample))
         return tuple(outs)

@@ -3,6 +3,8 @@
 Maps are padded to window multiples; padded tokens are labelled so that they
 never contribute to the attention of real tokens (softmax windows: masked as
 other shift regions are; Pola windows: left out of the key sums).
+Everything here depends only on the (Python int) sizes, so it traces and
+exports to fixed graphs.
 """
 from typing import Optional, Tuple
 
@@ -40,19 +42,19 @@ def window_labels(hw: Tuple[int, int], ws: int, shift: int,
     Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
     if shift == 0 and (Hp, Wp) == (H, W):
         return None
-    labels = torch.zeros(Hp, Wp, dtype=torch.long, device=device)
-    if shift:
-        cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
-        region = 0
-        for hs in cuts:
-            for wsl in cuts:
-                labels[hs, wsl] = region
-                region += 1
-    pad = torch.zeros(Hp, Wp, dtype=torch.bool, device=device)
-    pad[H:, :] = True
-    pad[:, W:] = True
-    pad = torch.roll(pad, (-shift, -shift), (0, 1))
-    labels[pad] = PAD_LABEL
+
+    def region(n):  # per row (column) of the rolled map: 0, 1 or 2
+        i = torch.arange(n, device=device)
+        if not shift:
+            return torch.zeros_like(i)
+        return (i >= n - ws).long() + (i >= n - shift).long()
+
+    labels = region(Hp)[:, None] * 3 + region(Wp)[None, :]
+    rows = torch.arange(Hp, device=device)[:, None]
+    cols = torch.arange(Wp, device=device)[None, :]
+    # padding, rolled by -shift as the map is
+    pad = ((rows + shift) % Hp >= H) | ((cols + shift) % Wp >= W)
+    labels = torch.where(pad, torch.full_like(labels, PAD_LABEL), labels)
     return window_partition(labels.view(1, Hp, Wp, 1), ws).squeeze(-1)
 
 
@@ -85,65 +87,3 @@ def shifted_window_attention(x: torch.Tensor, hw_shape: Tuple[int, int],
     if shift:
         x = torch.roll(x, (shift, shift), (1, 2))
     return x[:, :H, :W, :].reshape(B, N, C)
-
-
-def shifted_window_bands(x: torch.Tensor, hw_shape: Tuple[int, int],
-                         ws: int, shift: int, attend, norm, epilogue,
-                         band_elements: int,
-                         out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Inference of ``epilogue(x, shifted_window_attention(norm(x), ...))``
-    in bands of whole window rows (of the shifted, padded map).
-
-    Windows never cross bands, so each band's tokens are gathered, attended
-    and finished on their own; every buffer is band-sized (on the CPU large
-    fresh buffers cost page faults, small ones stay in cache).
-
-    Args:
-        x (Tensor): (B, H * W, C).
-        hw_shape, ws, shift, attend: as in :func:`shifted_window_attention`.
-        norm (callable): row-wise, applied to x before the attention.
-        epilogue (callable): ``(x rows (B, T, C), their attention (B, T, C),
-            may be modified in place) -> (B, T, C)``, row-wise.
-        band_elements (int): window rows per band are chosen so that
-            ``4 * C`` channels of a band's tokens are about this many
-            elements.
-        out (Tensor, optional): (B, H * W, C) for the result; may be x.
-
-    Returns:
-        Tensor: (B, H * W, C).
-    """
-    B, N, C = x.shape
-    H, W = hw_shape
-    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
-    labels = window_labels((H, W), ws, shift, x.device)
-    per_band = Wp // ws  # windows
-    step = max(1, band_elements // (4 * B * C * ws * Wp))
-    out = torch.empty_like(x) if out is None else out
-    x_map, out_map = x.view(B, H, W, C), out.view(B, H, W, C)
-    for j0 in range(0, Hp // ws, step):
-        j1 = min(j0 + step, Hp // ws)
-        # rows of the padded map in the order of the shifted one
-        rows = (torch.arange(j0 * ws, j1 * ws, device=x.device) + shift) % Hp
-        real = rows < H
-        src = rows[real]
-        # x's rows of the band: a view unless they wrap around (every read
-        # of them comes before the band's result is written to out)
-        r0 = int(src[0])
-        x_rows = (x_map[:, r0:r0 + len(src)] if bool(
-            (src == torch.arange(r0, r0 + len(src), device=src.device)).all())
-            else x_map.index_select(1, src))
-        band = x.new_zeros(B, len(rows), Wp, C)
-        band[:, real, :W] = norm(x_rows)
-        if shift:
-            band = torch.roll(band, -shift, 2)
-        band_labels = (None if labels is None else
-                       labels[j0 * per_band:j1 * per_band])
-        a = window_reverse(attend(window_partition(band, ws), band_labels),
-                           ws, len(rows), Wp)
-        if shift:
-            a = torch.roll(a, shift, 2)
-        a = (a[:, :, :W] if bool(real.all()) else a[:, real, :W]).reshape(
-            B, -1, C)
-        out_map.index_copy_(1, src, epilogue(
-            x_rows.view(B, -1, C), a).view(B, -1, W, C))
-    return out

@@ -14,9 +14,14 @@ Modes:
            means; whole models: their own losses on random ground truth.
     core   the attention core alone, at ``--core-batch`` x ``--core-tokens``
            tokens for each ``--core-heads`` (heads x head dim):
-           ``mmpola.models.pola_attention.pola_linear_attention`` against
-           the released formulation (``tests/reference_pola.py``),
-           forward and forward + backward.
+           ``mmpola.ops.pola_linear_attention`` with the implementation of
+           ``--pola-impl`` (``mmpola_core``) against the reference, the
+           released formulation (``released_core``,
+           ``mmpola.ops.reference``), forward and forward + backward.
+
+``--pola-impl`` (auto / fast / reference) is set with
+``mmpola.ops.set_pola_impl`` for every run (default: the environment
+variable ``MMPOLA_POLA_IMPL``, else 'auto').
 
 Models (``--models``; each Pola model is compared with its baseline when
 both run): pola_pvt_t, pvt_t (mmdet ``PyramidVisionTransformer``, settings
@@ -107,6 +112,8 @@ def parse_args(argv=None):
         'machine fails with an error (reported, the benchmark goes on) '
         'instead of being killed; default: current size + 75%% of the '
         'available memory; 0: no cap')
+    parser.add_argument('--pola-impl', choices=['auto', 'fast', 'reference'],
+                        help='mmpola.ops.set_pola_impl for every run')
     parser.add_argument('--threads', type=int,
                         help='torch.set_num_threads (default: torch default)')
     parser.add_argument('--out-dir', default='work_dirs/benchmark')
@@ -177,11 +184,13 @@ def model_workloads(names, H, W, batch, mode, device, built):
 
 
 def core_workloads(batch, tokens, heads, dims, backward, device):
-    # the released formulation: the test suite's oracle
-    sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..',
-                                '..', 'tests'))
-    from reference_pola import released_pola_core
-    from mmpola.models.pola_attention import pola_linear_attention
+    import mmpola.ops as ops
+
+    def pola_linear_attention(q, k, v, p):  # the chosen implementation
+        return ops.pola_linear_attention(q, k, v, p)
+
+    def released_pola_core(q, k, v, p):  # the released formulation
+        return ops.pola_linear_attention(q, k, v, p, impl='reference')
     gen = torch.Generator().manual_seed(0)
     shape = (batch, heads, tokens, dims)
     q, k, v = (torch.randn(shape, generator=gen).to(device) * 0.5
@@ -460,7 +469,11 @@ def main(argv=None):
                     time.time(), final=True)
         print(text)
         return
+    import mmpola.ops
+    if args.pola_impl:
+        mmpola.ops.set_pola_impl(args.pola_impl)
     env_start = environment(args.device)
+    env_start['pola_impl'] = mmpola.ops.get_pola_impl()
     if args.device == 'cpu' and args.mem_limit_gb != 0:
         try:  # import what the models need first: the cap is set above it
             import mmdet.models  # noqa: F401

@@ -1,0 +1,197 @@
+"""mmpola.ops: every implementation of the Pola core against the reference
+(the released formulation), outputs and gradients; the switch."""
+import pytest
+import torch
+
+import mmpola.ops as ops
+from mmpola.ops import fast as fast_mod
+from mmpola.ops.reference import released_pola_core
+
+IMPLS = sorted(ops.IMPLEMENTATIONS)
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def run(fn, q, k, v, power, grad_out, key_mask=None):
+    """Output and gradients (q, k, v, power) of fn(q, k, v, p, key_mask)."""
+    q, k, v, power = (t.detach().clone().requires_grad_()
+                      for t in (q, k, v, power))
+    out = fn(q, k, v, 1 + 4 * torch.sigmoid(power), key_mask)
+    (out.float() * grad_out).sum().backward()
+    return [out.detach().float()] + [t.grad.float() for t in (q, k, v, power)]
+
+
+def impl_fn(impl):
+    return lambda *args: ops.pola_linear_attention(*args, impl=impl)
+
+
+def released(q, k, v, p, key_mask=None):
+    return released_pola_core(q, k, v, p)
+
+
+# (N = 1 is left out: the output is then v whatever q, so dq is rounding.)
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('B, heads, N, d, masked', [
+    (1, 1, 97, 64, False), (3, 3, 131, 32, False), (1, 5, 49, 32, False),
+    (3, 1, 3, 64, False), (2, 2, 40, 32, True)])
+def test_implementation_matches_reference(impl, B, heads, N, d, masked):
+    """Outputs and gradients of every implementation against the released
+    formulation in float32, and no further from the exact (float64) value
+    than the float32 released code is; padded keys (whatever their values)
+    leave the real tokens' result equal to attention over the real keys."""
+    torch.manual_seed(N)
+    q, k, v = (torch.randn(B, heads, N, d) for _ in range(3))
+    power = torch.randn(1, heads, 1, d)
+    grad_out = torch.randn(B, heads, N, d)
+    if not masked:
+        mine = run(impl_fn(impl), q, k, v, power, grad_out)
+        ref = run(released, q, k, v, power, grad_out)
+        exact = run(released, *(t.double() for t in (q, k, v, power)),
+                    grad_out.double())
+        for name, a, b, c in zip(['out', 'dq', 'dk', 'dv', 'dpower'], mine,
+                                 ref, exact):
+            assert rel(a, b) < 1e-5, name
+            assert rel(a.double(), c) < max(4 * rel(b.double(), c),
+                                            1e-5), name
+        return
+    keep = 29
+    mask = torch.ones(B, 1, N, 1)
+    mask[:, :, keep:] = 0
+    k[:, :, keep:] += 100  # garbage, like a bias-only padded token
+    v[:, :, keep:] -= 50
+    mine = run(impl_fn(impl), q, k, v, power, grad_out, mask)
+    ref = run(released, q, k[:, :, :keep], v[:, :, :keep], power, grad_out)
+    for name, a, b in zip(['out', 'dq', 'dpower'],
+                          [mine[0], mine[1], mine[4]],
+                          [ref[0], ref[1], ref[4]]):
+        assert rel(a, b) < 1e-5, name
+    assert rel(mine[2][:, :, :keep], ref[2]) < 1e-5
+    assert rel(mine[3][:, :, :keep], ref[3]) < 1e-5
+    assert mine[2][:, :, keep:].abs().max() == 0
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_gradcheck_float64_with_mask(impl):
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 9, 4, dtype=torch.float64,
+                           requires_grad=True) for _ in range(3))
+    p = (1 + 4 * torch.rand(1, 2, 1, 4, dtype=torch.float64)).requires_grad_()
+    mask = torch.ones(1, 1, 9, 1, dtype=torch.float64)
+    mask[:, :, 6:] = 0
+    assert torch.autograd.gradcheck(
+        lambda *t: ops.pola_linear_attention(*t, key_mask=mask, impl=impl),
+        (q, k, v, p))
+
+
+def test_fast_in_many_token_blocks(monkeypatch):
+    """The fast core over many small, uneven token blocks."""
+    monkeypatch.setattr(fast_mod, 'CPU_BLOCK_ELEMENTS', 1)  # 64 tokens
+    torch.manual_seed(0)
+    B, heads, N, d = 2, 3, 517, 32
+    assert len(fast_mod._token_blocks(torch.empty(B, heads, N, d))) > 5
+    q, k, v = (torch.randn(B, heads, N, d) for _ in range(3))
+    power, grad_out = torch.randn(1, heads, 1, d), torch.randn(B, heads, N, d)
+    for a, b in zip(run(impl_fn('fast'), q, k, v, power, grad_out),
+                    run(released, q, k, v, power, grad_out)):
+        assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_low_precision_inputs_computed_in_float32(impl, dtype):
+    """|q| of 50 raised to p ~ 5 overflows float16: the core computes in
+    float32 and returns the inputs' dtype, also under autocast."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 30, 16) * s for s in (50, 50, 1))
+    p = torch.full((1, 2, 1, 16), 4.9)
+    assert not torch.isfinite((q.abs().half() ** 5)).all()
+    ref = released_pola_core(*(t.to(dtype).double() for t in (q, k, v)),
+                             p.double())
+    for ctx in (torch.autocast('cpu', dtype=torch.bfloat16),
+                torch.autocast('cpu', enabled=False)):
+        with ctx:
+            out = ops.pola_linear_attention(
+                *(t.to(dtype) for t in (q, k, v)), p, impl=impl)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        assert rel(out.double(), ref) < 2e-2
+    qs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    ops.pola_linear_attention(*qs, p, impl=impl).float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in qs)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_finite_gradients_with_flush_denormal(impl):
+    """q and k elements exactly 0 (as ReLU-like inputs give): finite
+    gradients with denormals flushed to zero."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
+    q[..., :3, :4] = 0
+    k[..., 5:, 2:] = 0
+    power = torch.randn(1, 2, 1, 8)
+    if not torch.set_flush_denormal(True):
+        pytest.skip('this CPU cannot flush denormals')
+    try:
+        assert (torch.tensor(1e-30) * 1e-9).item() == 0  # flushed
+        grads = run(impl_fn(impl), q, k, v, power, torch.randn(2, 2, 16, 8))
+    finally:
+        torch.set_flush_denormal(False)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_switch_precedence(monkeypatch):
+    """impl= argument > set_pola_impl / pola_impl > MMPOLA_POLA_IMPL >
+    'auto' ('fast' on the CPU)."""
+    calls = []
+    for name in IMPLS:
+        monkeypatch.setitem(ops.IMPLEMENTATIONS, name,
+                            lambda *a, name=name: calls.append(name))
+    q = torch.randn(1, 1, 4, 4)
+
+    def used(**kwargs):
+        calls.clear()
+        ops.pola_linear_attention(q, q, q, q, **kwargs)
+        return calls[0]
+
+    monkeypatch.delenv(ops.ENV_VAR, raising=False)
+    ops.set_pola_impl(None)
+    assert ops.get_pola_impl() == 'auto' and used() == 'fast'
+    monkeypatch.setenv(ops.ENV_VAR, 'reference')
+    assert ops.get_pola_impl() == 'reference' and used() == 'reference'
+    assert used(impl='fast') == 'fast'
+    try:
+        ops.set_pola_impl('fast')
+        assert used() == 'fast' and used(impl='reference') == 'reference'
+        with ops.pola_impl('reference'):
+            assert used() == 'reference'
+        assert ops.get_pola_impl() == 'fast'
+    finally:
+        ops.set_pola_impl(None)
+    monkeypatch.setenv(ops.ENV_VAR, 'turbo')
+    with pytest.raises(ValueError, match='MMPOLA_POLA_IMPL'):
+        used()
+    with pytest.raises(ValueError, match='set_pola_impl'):
+        ops.set_pola_impl('turbo')
+    with pytest.raises(ValueError, match='impl'):
+        used(impl='turbo')
+
+
+def test_tracing_uses_the_reference(monkeypatch):
+    """While traced (here torch.jit.trace, as the TorchScript ONNX exporter
+    does), the reference runs even when 'fast' is chosen."""
+    calls = []
+    original = ops.IMPLEMENTATIONS['reference']
+    monkeypatch.setitem(ops.IMPLEMENTATIONS, 'reference',
+                        lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 10, 8) for _ in range(3))
+    p = torch.full((1, 2, 1, 8), 2.)
+    with ops.pola_impl('fast'):
+        ops.pola_linear_attention(q, k, v, p)
+        assert not calls
+        traced = torch.jit.trace(
+            lambda q, k, v: ops.pola_linear_attention(q, k, v, p), (q, k, v))
+    assert calls
+    torch.testing.assert_close(traced(q, k, v), released_pola_core(q, k, v,
+                                                                   p))
