@@ -387,6 +387,25 @@ def test_init_cfg_forms(cls, arch, init_cfg):
     assert std * 0.8 < w.weight.std() < std * 1.2
 
 
+def test_init_info_reports_what_initialised_each_parameter(monkeypatch):
+    """MMEngine's per-parameter initialisation report does not call a
+    re-initialised parameter 'the same before and after'."""
+    report = {}
+
+    def dump(self):
+        report.update((name, self._params_init_info[p]['init_info'])
+                      for name, p in self.named_parameters())
+
+    monkeypatch.setattr(PolaPVT, '_dump_init_info', dump)
+    model = PolaPVT(arch=TINY_PVT, init_cfg=dict(type='TruncNormal',
+                                                 layer='Linear', std=.05))
+    model.init_weights()
+    assert 'init_from_scratch' in report['pos_embed1']
+    assert 'TruncNormal' in report['block1.0.attn.qg.weight']
+    # zero-initialised Pola parameters keep their value, truthfully
+    assert 'same before and after' in report['block1.0.attn.power']
+
+
 @pytest.mark.parametrize('cls, arch', FAMILIES)
 def test_init_cfg_of_another_type_is_refused(cls, arch):
     for bad in (3, 'Pretrained', [dict(type='Kaiming'), 'x']):
