@@ -3,11 +3,16 @@
 ``import mmpola`` registers ``PolaPVT`` and ``PolaSwin`` in MMEngine's root
 ``MODELS`` registry (visible from mmdet, mmseg and mmpretrain) and makes
 MMEngine load local checkpoints without running pickled code
-(``mmpola.utils.torch_load``).
+(``mmpola.utils.torch_load``: torch's weights-only reader with a small
+allow-list, never less strict than torch's default). In a OneDL
+environment it also lets ``mmseg::`` / ``mmdet::`` / ``mmpretrain::`` base
+configs resolve (``mmpola.utils.imports.onedl_config_scopes``).
 """
 from .models import PolaAttention, PolaPVT, PolaSwin  # noqa: F401
+from .utils.imports import onedl_config_scopes
 from .utils.torch_load import register_mmengine_loader
 
 __version__ = '0.1.0'
 
 register_mmengine_loader()
+onedl_config_scopes()

@@ -27,7 +27,9 @@ that torch's default would refuse for containing code.
 On torch < 2.4 (no ``safe_globals``) the same allow-list is enforced by a
 restricted unpickler (``find_class``) used for every pickle torch reads.
 """
+import _codecs
 import _compat_pickle
+import importlib
 import os
 import os.path as osp
 import pickle
@@ -91,10 +93,22 @@ _history_getattr.__module__ = 'builtins'
 _history_getattr.__qualname__ = _history_getattr.__name__ = 'getattr'
 
 
+def _numpy_multiarray():
+    """numpy's ``multiarray`` (``numpy._core`` in 2.x, ``numpy.core`` in
+    1.x, whose ``numpy._core`` is an incomplete shim)."""
+    for name in ('numpy._core.multiarray', 'numpy.core.multiarray'):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, '_reconstruct'):
+            return module
+    raise ImportError('numpy.core.multiarray._reconstruct not found')
+
+
 def _numpy_globals():
-    core = getattr(np, '_core', None) or np.core
-    objs = [np.ndarray, np.dtype, core.multiarray._reconstruct,
-            core.multiarray.scalar]
+    multiarray = _numpy_multiarray()
+    objs = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
     objs += sorted({type(np.dtype(t)) for t in np.sctypeDict.values()},
                    key=repr)
     pairs = [(o, f'{o.__module__}.{o.__qualname__}') for o in objs]
@@ -111,6 +125,10 @@ def _safe_global_pairs():
     """(object, fully qualified name) of everything allowed beyond torch's
     own weights-only globals."""
     pairs = _numpy_globals()
+    # how protocol-2 pickles store bytes (numpy buffers); torch >= 2.4
+    # allows it too
+    pairs.append((_codecs.encode, '_codecs.encode'))
+    pairs.append((set, 'builtins.set'))  # yacs' deprecated keys; ditto
     pairs += [(InertCfgNode, 'yacs.config.CfgNode'),
               (_history_getattr, 'builtins.getattr'),
               (_history_getattr, '__builtin__.getattr')]
@@ -242,7 +260,7 @@ def _classify(path, err):
     refused = []
     if isinstance(err, pickle.UnpicklingError):
         m = _REFUSED.search(text)
-        refused = [m.group(1)] if m else []
+        refused = [m.group(1).rstrip(':')] if m else []
         if not refused and is_file:
             try:
                 refused = refused_globals(name)
