@@ -30,7 +30,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import platform
 import re
 import statistics
@@ -77,6 +76,8 @@ def parse_args(argv=None):
                    help="'eager' traces with Dynamo only (cheap, for CPU)")
     p.add_argument('--compile-precisions', default=None,
                    help='precisions with compiled rows (default: all)')
+    p.add_argument('--compile-models', default=None,
+                   help='models with compiled rows (default: all)')
     p.add_argument('--pytest-device', default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -115,6 +116,14 @@ def autocast(device, precision):
     return torch.autocast(device_type=device.split(':')[0], dtype=dtype)
 
 
+def grad_scaler(device, enabled):
+    import torch
+    if hasattr(torch.amp, 'GradScaler'):  # torch >= 2.3
+        return torch.amp.GradScaler(device.split(':')[0], enabled=enabled)
+    return torch.cuda.amp.GradScaler(
+        enabled=enabled and device.startswith('cuda'))
+
+
 def reset_peak(device):
     import torch
     if device.startswith('cuda'):
@@ -131,6 +140,13 @@ def peak_mb(device):
 
 def is_oom(e):
     return 'out of memory' in str(e).lower()
+
+
+def unsupported(e):
+    """A precision this torch does not offer on this device (torch < 2.4:
+    CPU autocast is bfloat16 only): reported, not a failure."""
+    msg = str(e).lower().replace('supports', 'support')
+    return 'only support bfloat16' in msg
 
 
 def short_error(e, n=300):
@@ -324,8 +340,7 @@ def section_train(args, timer, out, sizes):
                 model.to(device)
                 model.train()
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-                scaler = torch.amp.GradScaler(
-                    device.split(':')[0], enabled=precision == 'amp')
+                scaler = grad_scaler(device, precision == 'amp')
                 gen = torch.Generator().manual_seed(1)
                 x = torch.randn(b, 3, h, w, generator=gen).to(device)
                 before = [p.detach().clone() for p in model.parameters()]
@@ -364,9 +379,11 @@ def section_train(args, timer, out, sizes):
                     ms_per_step=round(1e3 * statistics.median(times[1:]), 1),
                     peak_mem_mb=peak_mb(device))
             except Exception as e:  # noqa: BLE001
-                row.update(status='oom' if is_oom(e) else 'error',
+                row.update(status='oom' if is_oom(e) else
+                           'unsupported' if unsupported(e) else 'error',
                            note=short_error(e))
-                traceback.print_exc()
+                if row['status'] == 'error':
+                    traceback.print_exc()
             finally:
                 model = opt = None  # noqa: F841
                 if device.startswith('cuda'):
@@ -452,7 +469,8 @@ def section_bench(args, timer, out, sizes):
             if device.startswith('cuda'):
                 torch.cuda.empty_cache()
             return add(name, size, precision, mode,
-                       status='oom' if is_oom(e) else 'error',
+                       status='oom' if is_oom(e) else
+                       'unsupported' if unsupported(e) else 'error',
                        note=short_error(e))
 
     # eager: every row (cheap)
@@ -467,6 +485,9 @@ def section_bench(args, timer, out, sizes):
         for precision in order:
             for size in reversed(sizes['bench']):  # detection size first
                 for name in models:
+                    if args.compile_models and \
+                            name not in args.compile_models.split(','):
+                        continue
                     if timer.left() < est + 30:
                         add(name, size, precision, 'compile',
                             status='skipped (time budget)')
@@ -591,7 +612,8 @@ def main(argv=None):
                     f'passed of {len(rows)}\n']
     if 'train' in sections:
         rows = section_train(args, timer, out, sizes)
-        failed |= any(r.get('status') != 'ok' for r in rows)
+        failed |= any(r.get('status') not in ('ok', 'unsupported')
+                      for r in rows)
         summary += ['\n## Training steps\n\n', markdown_table(rows, [
             'model', 'precision', 'input', 'batch', 'status', 'first_loss',
             'rel_diff_first_loss_vs_fp32', 'ms_per_step', 'peak_mem_mb',

@@ -53,6 +53,36 @@ def require(module, extra=None, purpose=None):
                           f'{install_hint(module, extra)}') from e
 
 
+def onedl_config_scopes():
+    """Make ``_base_ = 'mmseg::...'`` configs resolve in a OneDL environment.
+
+    MMEngine finds a ``scope::`` config through the *distribution* of the
+    scope's package (``mmseg`` -> ``mmsegmentation``); OneDL installs that
+    module as ``onedl-mmsegmentation``, so onedl-mmengine 0.10.12 reports
+    "mmsegmentation is not installed" (seen 2026-12-03). Where a scope's
+    distribution is missing but its module imports, map the scope to the
+    module name (MMEngine then finds it with ``find_spec``). A no-op in an
+    upstream OpenMMLab environment. Returns the scopes it changed.
+    """
+    import importlib.metadata as md
+    import importlib.util
+    try:
+        from mmengine.config import utils as cfg_utils
+    except ImportError:
+        return []
+    changed = []
+    for module, dist in list(cfg_utils.MODULE2PACKAGE.items()):
+        if module == dist:
+            continue
+        try:
+            md.version(dist)
+        except md.PackageNotFoundError:
+            if importlib.util.find_spec(module) is not None:
+                cfg_utils.MODULE2PACKAGE[module] = module
+                changed.append(module)
+    return changed
+
+
 def is_available(module):
     """Whether ``module`` imports (without raising)."""
     try:
