@@ -37,7 +37,6 @@ Example:
     ...     pass
 """
 import contextlib
-import importlib
 import os
 from typing import Optional
 
@@ -101,17 +100,21 @@ def pola_impl(impl: Optional[str]):
         _chosen = saved
 
 
+# torch's own "am I being compiled / exported" checks, resolved at import:
+# dynamo folds these functions to True while it traces (a lazy import here
+# would not be folded on torch < 2.3, where torch.compiler has none of them)
+_CAPTURE_CHECKS = tuple(
+    getattr(torch.compiler, name) for name in ('is_compiling', 'is_exporting')
+    if hasattr(getattr(torch, 'compiler', None), name))
+if not _CAPTURE_CHECKS:  # torch < 2.3
+    from torch._dynamo import is_compiling as _dynamo_is_compiling
+    _CAPTURE_CHECKS = (_dynamo_is_compiling, )
+
+
 def _is_compiling() -> bool:
-    compiler = getattr(torch, 'compiler', None)
-    for name in ('is_compiling', 'is_exporting'):
-        fn = getattr(compiler, name, None)
-        if fn is not None and fn():
+    for check in _CAPTURE_CHECKS:
+        if check():
             return True
-    if compiler is None or not hasattr(compiler, 'is_compiling'):
-        try:  # torch < 2.3
-            return importlib.import_module('torch._dynamo').is_compiling()
-        except (ImportError, AttributeError):
-            return False
     return False
 
 

@@ -63,15 +63,21 @@ def _masked_core(q, k, v, p, key_mask):
     return torch.cat([x_sim, x_opp], dim=-1)
 
 
+try:  # torch >= 2.4 takes the device type (decided once: dynamo traces it)
+    torch.is_autocast_enabled('cpu')
+    _AUTOCAST_TAKES_DEVICE = True
+except TypeError:
+    _AUTOCAST_TAKES_DEVICE = False
+
+
 def autocast_enabled(device_type: str) -> bool:
     """``torch.is_autocast_enabled(device_type)`` (torch >= 2.4) with the
     older per-device functions as the fallback."""
-    try:
+    if _AUTOCAST_TAKES_DEVICE:
         return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4
-        if device_type == 'cpu':
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
+    if device_type == 'cpu':
+        return torch.is_autocast_cpu_enabled()
+    return torch.is_autocast_enabled()
 
 
 def no_autocast(device_type: str):

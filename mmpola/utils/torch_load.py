@@ -36,7 +36,7 @@ import pickle
 import pickletools
 import re
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 import torch
@@ -129,6 +129,7 @@ def _safe_global_pairs():
     # allows it too
     pairs.append((_codecs.encode, '_codecs.encode'))
     pairs.append((set, 'builtins.set'))  # yacs' deprecated keys; ditto
+    pairs.append((Counter, 'collections.Counter'))  # torch 2.1 optimizers
     pairs += [(InertCfgNode, 'yacs.config.CfgNode'),
               (_history_getattr, 'builtins.getattr'),
               (_history_getattr, '__builtin__.getattr')]
