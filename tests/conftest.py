@@ -48,3 +48,18 @@ def pytest_configure(config):
     config.addinivalue_line(
         'markers', 'slow: long-running (torch.compile, whole-model '
         'training); `pytest -m "not slow"` (make test-fast) skips them')
+
+
+# Whole-tool runs (train / test / dist launchers on generated data) and
+# every config's one-step training are the slow tier too: make test-fast
+# (`-m "not slow"`) keeps the unit tests for the edit loop.
+SLOW_FILES = ('test_tools_cls.py', 'test_tools_det.py', 'test_tools_seg.py',
+              'test_tools_launch.py')
+SLOW_TESTS = ('test_config_trains_one_step', )
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (item.fspath.basename in SLOW_FILES
+                or item.originalname in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
