@@ -10,6 +10,7 @@ import datetime
 import importlib
 import os
 import os.path as osp
+import sys
 
 import torch
 import torch.distributed as dist
@@ -119,8 +120,13 @@ def shutdown_distributed() -> None:
     """Destroy the process group, if any, before the process exits
     (MMEngine leaves it: a gloo group torn down at interpreter exit can
     abort the process, "terminate called without an active exception",
-    after the job itself has finished)."""
+    after the job itself has finished). After a successful job the ranks
+    first meet at a barrier, so that no rank tears the group down while
+    another is still in a collective; after an error (a rank may be gone)
+    the group is destroyed at once."""
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
