@@ -197,9 +197,10 @@ fi
 
 # 2. mmcv with ops, from the keyed wheel cache ----------------------------
 # KEY: mmcv dist + version, torch version + its build (cu130, cu121, cpu,
-# rocm6.2), Python, and the device the ops are compiled for.
+# rocm6.2), Python, and the device the ops are compiled for (for GPU builds
+# with TORCH_CUDA_ARCH_LIST: a wheel for sm_90 has no kernels for sm_80).
 read -r KEY LEGACY_KEY < <("$PY" - "$MMCV_DIST" "$MMCV_VERSION" <<'EOF'
-import os, sys, torch
+import os, re, sys, torch
 dist, ver = sys.argv[1:3]
 tv = torch.__version__.split('+')[0]
 if torch.version.cuda:
@@ -211,8 +212,15 @@ else:
 cuda = os.environ.get('FORCE_CUDA') == '1' or torch.cuda.is_available()
 dev = build if (cuda and build != 'cpu') else 'cpu'
 py = f'py{sys.version_info.major}{sys.version_info.minor}'
-# LEGACY: the key before 2026-12 (no torch build), still looked up
-print(f'{dist}-{ver}_torch-{tv}-{build}_{py}_{dev} {dist}-{ver}_torch-{tv}_{py}_{dev}')
+# LEGACY: the key before 2026-12 (no torch build), still looked up for CPU
+# builds (GPU builds then had no arch in the key: not reused)
+legacy = f'{dist}-{ver}_torch-{tv}_{py}_{dev}'
+if dev != 'cpu':
+    arch = os.environ.get('TORCH_CUDA_ARCH_LIST', '').strip()
+    dev += '-arch-' + (re.sub(r'[^0-9A-Za-z+]+', '-', arch).strip('-')
+                       if arch else 'default')
+key = f'{dist}-{ver}_torch-{tv}-{build}_{py}_{dev}'
+print(key, legacy if dev == 'cpu' else key)
 EOF
 )
 [ -n "${LEGACY_KEY:-}" ] || die "could not compute the wheel cache key (torch import failed?)"

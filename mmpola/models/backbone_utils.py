@@ -13,6 +13,7 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import (constant_init, trunc_normal_,
                                         trunc_normal_init)
 
+from . import cpu_executor
 from .pola_attention import PolaAttention
 
 
@@ -47,6 +48,8 @@ class PreNormBlock(BaseModule):
 
     def _inner_forward(self, x, hw_shape):
         x = x + self.drop_path(self._attention(self.norm1(x), hw_shape))
+        if cpu_executor.in_use():  # opt-in, whole-model guard passed
+            return cpu_executor.norm_ffn(self, x)
         return self.ffn(self.norm2(x), identity=x)
 
     def forward(self, x, hw_shape):
@@ -184,6 +187,8 @@ class DenseBackboneMixin:
     def add_out_norms(self, out_norms, norm_cfg):
         """Add LayerNorm ``norm{i}`` for each output stage i if requested."""
         self.out_norms = out_norms
+        self._out_norm_names = tuple(f'norm{i}'
+                                     for i in range(self.num_stages))
         if out_norms:
             for i in self.out_indices:
                 self.add_module(f'norm{i}', build_norm_layer(
@@ -217,7 +222,9 @@ class DenseBackboneMixin:
         """Stage i's (B, H*W, C) tokens -> (B, C, H, W), through
         ``norm{i}``."""
         if self.out_norms:
-            tokens = getattr(self, f'norm{i}')(tokens)
+            # a name built beforehand: torch 2.1's Dynamo garbles the
+            # f-string when it resumes after a graph break
+            tokens = getattr(self, self._out_norm_names[i])(tokens)
         return tokens_to_map(tokens, hw_shape)
 
     # ------------------------------------------------- freezing

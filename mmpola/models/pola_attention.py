@@ -17,11 +17,14 @@ from ..ops import pola_linear_attention
 
 
 def _interp_matrix(src: int, dst: int, mode: str, like: torch.Tensor):
-    """(dst, src) matrix of ``F.interpolate`` along one axis."""
-    eye = torch.eye(src, dtype=like.dtype, device=like.device)
+    """(dst, src) matrix of ``F.interpolate`` along one axis, in like's
+    dtype (built in float32 or float64: torch 2.1 has no half-precision
+    ``eye`` / bicubic kernels on the CPU)."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    eye = torch.eye(src, dtype=dtype, device=like.device)
     cols = F.interpolate(eye.view(1, src, src, 1), size=(dst, 1), mode=mode,
                          align_corners=False)
-    return cols[0, :, :, 0].T
+    return cols[0, :, :, 0].T.to(like.dtype)
 
 
 def resize_grid_tokens(tokens: torch.Tensor, src_hw: Tuple[int, int],

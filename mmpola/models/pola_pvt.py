@@ -5,6 +5,7 @@ from mmcv.cnn.bricks.transformer import PatchEmbed
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
+from . import cpu_executor
 from .backbone_utils import (DenseBackboneMixin, PreNormBlock, check_int,
                              static_hw)
 from .pola_attention import PolaAttention, resize_grid_tokens
@@ -150,6 +151,14 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
                 getattr(self, f'block{i + 1}')]
 
     def forward(self, x):
+        # the opt-in CPU executor (cpu_executor.py) runs the FFNs only when
+        # the switch is on and the whole model passes its guard
+        if not cpu_executor.executor_applies(self, x):
+            return self._forward(x)
+        with cpu_executor.executing(True):
+            return self._forward(x)
+
+    def _forward(self, x):
         self.check_input(x)
         outs = []
         for i in range(self.num_stages):

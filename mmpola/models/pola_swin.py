@@ -10,6 +10,7 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from mmengine.utils import to_2tuple
 
+from . import cpu_executor
 from .backbone_utils import (DenseBackboneMixin, PreNormBlock, check_choice,
                              check_int, static_hw)
 from .pola_attention import PolaAttention
@@ -342,6 +343,14 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         return [self.patch_embed]
 
     def forward(self, x):
+        # the opt-in CPU executor (cpu_executor.py) runs the FFNs only when
+        # the switch is on and the whole model passes its guard
+        if not cpu_executor.executor_applies(self, x):
+            return self._forward(x)
+        with cpu_executor.executing(True):
+            return self._forward(x)
+
+    def _forward(self, x):
         self.check_input(x)
         x, hw = self.patch_embed(x)
         hw = static_hw(hw)

@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from .reference import EPS, no_autocast
+from .reference import EPS, compute_dtype, no_autocast
 
 class Workspace:
     """Scratch buffers reused across the token blocks of one call.
@@ -309,9 +309,9 @@ def pola_attention_fast(q: torch.Tensor,
     float32, or float64 for float64 inputs; result in v's dtype, laid out
     in memory as (B, N, heads, d))."""
     out_dtype = v.dtype
-    dtype = torch.promote_types(v.dtype, torch.float32)
+    dtype = compute_dtype(v.dtype)
     with no_autocast(q.device.type):
-        q, k, v, p = (t.to(dtype) for t in (q, k, v, p))
+        q, k, v, p = q.to(dtype), k.to(dtype), v.to(dtype), p.to(dtype)
         if key_mask is not None:
             key_mask = key_mask.to(dtype)
         out = _PolaCore.apply(q, k, v, p, key_mask)

@@ -111,14 +111,22 @@ def pola_attention_reference(q: torch.Tensor,
         Tensor: (B, heads, N, d) in v's dtype, channels ``[x_sim, x_opp]``.
     """
     out_dtype = v.dtype
-    dtype = torch.promote_types(v.dtype, torch.float32)
+    dtype = compute_dtype(v.dtype)
     with no_autocast(q.device.type):
-        q, k, v, p = (t.to(dtype) for t in (q, k, v, p))
+        q, k, v, p = q.to(dtype), k.to(dtype), v.to(dtype), p.to(dtype)
         if key_mask is None:
             out = released_pola_core(q, k, v, p)
         else:
             out = _masked_core(q, k, v, p, key_mask.to(dtype))
     return out.to(out_dtype)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The core's computing dtype for inputs of ``dtype``: float64 for
+    float64, float32 otherwise (what ``torch.promote_types(dtype,
+    torch.float32)`` gives for real types, written so that torch 2.1's
+    Dynamo can trace it)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def polarity_features(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

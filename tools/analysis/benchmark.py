@@ -21,7 +21,10 @@ Modes:
 
 ``--pola-impl`` (auto / fast / reference) is set with
 ``mmpola.ops.set_pola_impl`` for every run (default: the environment
-variable ``MMPOLA_POLA_IMPL``, else 'auto').
+variable ``MMPOLA_POLA_IMPL``, else 'auto'); ``--cpu-executor on|off``
+switches the opt-in CPU executor of the blocks' FFNs
+(``mmpola.models.cpu_executor``; default: ``MMPOLA_CPU_EXECUTOR``, else
+off). Both are recorded in the environment line of the outputs.
 
 Models (``--models``; each Pola model is compared with its baseline when
 both run): pola_pvt_t, pvt_t (mmdet ``PyramidVisionTransformer``, settings
@@ -114,6 +117,9 @@ def parse_args(argv=None):
         'available memory; 0: no cap')
     parser.add_argument('--pola-impl', choices=['auto', 'fast', 'reference'],
                         help='mmpola.ops.set_pola_impl for every run')
+    parser.add_argument('--cpu-executor', choices=['on', 'off'],
+                        help='mmpola.models.cpu_executor.set_cpu_executor '
+                        'for every run (default: MMPOLA_CPU_EXECUTOR, off)')
     parser.add_argument('--threads', type=int,
                         help='torch.set_num_threads (default: torch default)')
     parser.add_argument('--out-dir', default='work_dirs/benchmark')
@@ -474,6 +480,10 @@ def main(argv=None):
         mmpola.ops.set_pola_impl(args.pola_impl)
     env_start = environment(args.device)
     env_start['pola_impl'] = mmpola.ops.get_pola_impl()
+    from mmpola.models import cpu_executor
+    if args.cpu_executor:
+        cpu_executor.set_cpu_executor(args.cpu_executor == 'on')
+    env_start['cpu_executor'] = cpu_executor.get_cpu_executor()
     if args.device == 'cpu' and args.mem_limit_gb != 0:
         try:  # import what the models need first: the cap is set above it
             import mmdet.models  # noqa: F401

@@ -1,0 +1,285 @@
+"""Opt-in CPU executor for the feed-forward half of Pola-PVT / Pola-Swin
+blocks (off by default).
+
+The default path is the plain modules: every block calls ``norm2`` and
+``ffn`` (``fc1 -> GELU -> fc2``) on whole tensors, so hooks and wrappers
+see what they expect. On the CPU that costs time and memory: the FFN's
+hidden map (N x 4C or N x 8C: 137 MB per image in Pola-PVT-T's first
+stage at 800x1333) is written, faulted in and read several times. With
+the executor switched on, a backbone whose whole model passes
+:func:`executor_applies` computes each block's ``x + ffn(norm2(x))``
+
+* without gradients: over cache-sized token chunks, norm, both linears,
+  GELU and the residual fused per chunk (no hidden map for the whole
+  sequence);
+* with gradients: through :class:`_FeedForward`, which keeps ``norm2(x)``
+  and ``fc1``'s output for the backward (not the GELU's output too, as
+  autograd would) and recomputes the GELU chunk by chunk there.
+
+The arithmetic is the plain FFN's (the same weights, the same order of
+operations per token; float32 rounding differs only through the matrix
+products' blocking), and the tests compare the two, outputs and gradients.
+
+The switch, in order of precedence: :func:`set_cpu_executor` (or the
+:func:`use_cpu_executor` context manager), then the environment variable
+``MMPOLA_CPU_EXECUTOR`` ('1'/'on'/'true' or '0'/'off'/'false'), then off.
+
+The guard covers the whole model and is checked once per backbone forward
+(:func:`executor_applies`): the switch is on; the input is a plain
+float32 CPU tensor; nothing is being traced, scripted, compiled or
+exported and no ``torch.func`` transform is active; autocast is off; no
+module of the model has a hook or parametrisation and no global module
+hook is registered; every block's ``norm2`` / ``ffn`` are exactly
+LayerNorm and mmcv's two-layer FFN with Linear layers and exact GELU
+(wrappers such as LoRA or quantised Linear layers keep the plain path);
+in training, no dropout inside the FFN and no gradient checkpointing.
+Otherwise the plain modules run.
+"""
+import contextlib
+import os
+import threading
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn.bricks.transformer import FFN
+from mmcv.cnn.bricks.wrappers import Linear as MMCVLinear
+
+from ..ops import _is_compiling, is_graph_capture
+from ..ops.reference import autocast_enabled
+
+__all__ = ['set_cpu_executor', 'get_cpu_executor', 'use_cpu_executor',
+           'executor_applies', 'ENV_VAR']
+
+ENV_VAR = 'MMPOLA_CPU_EXECUTOR'
+_TRUE, _FALSE = ('1', 'on', 'true', 'yes'), ('0', 'off', 'false', 'no', '')
+_chosen: Optional[bool] = None
+
+# hidden-map elements per token chunk (a few MB: stays in cache)
+CHUNK_ELEMENTS = 1 << 19
+
+
+def set_cpu_executor(enabled: Optional[bool]) -> None:
+    """Switch the executor on (True) or off (False) for every later
+    backbone forward; None goes back to ``MMPOLA_CPU_EXECUTOR`` / off."""
+    global _chosen
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f'set_cpu_executor takes True, False or None, got '
+                        f'{enabled!r}')
+    _chosen = enabled
+
+
+def get_cpu_executor() -> bool:
+    """Whether the executor is switched on (see the module docstring)."""
+    if _chosen is not None:
+        return _chosen
+    value = os.environ.get(ENV_VAR, '').strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f'{ENV_VAR} must be one of {list(_TRUE + _FALSE[:-1])}'
+                     f', got {os.environ[ENV_VAR]!r}')
+
+
+@contextlib.contextmanager
+def use_cpu_executor(enabled: Optional[bool] = True):
+    """Context manager: :func:`set_cpu_executor` for the enclosed code."""
+    global _chosen
+    saved = _chosen
+    set_cpu_executor(enabled)
+    try:
+        yield
+    finally:
+        _chosen = saved
+
+
+# --------------------------------------------------------------- the guard
+
+_GLOBAL_HOOKS = ('_global_forward_hooks', '_global_forward_pre_hooks',
+                 '_global_backward_hooks', '_global_backward_pre_hooks')
+_MODULE_HOOKS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks',
+                 '_backward_pre_hooks')
+
+
+def _global_hooks_registered() -> bool:
+    module = nn.modules.module
+    return any(getattr(module, name, None) for name in _GLOBAL_HOOKS)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return (any(getattr(module, name, None) for name in _MODULE_HOOKS)
+            or nn.utils.parametrize.is_parametrized(module))
+
+
+def _functorch_active() -> bool:
+    check = getattr(torch._C, '_are_functorch_transforms_active', None)
+    return bool(check and check())
+
+
+def _plain_ffn(block, training: bool) -> bool:
+    """Whether ``block.norm2`` / ``block.ffn`` are the plain LayerNorm and
+    mmcv two-layer FFN (Linear, exact GELU, dropout), with no dropout in
+    the FFN when training."""
+    norm, ffn = getattr(block, 'norm2', None), getattr(block, 'ffn', None)
+    if type(norm) is not nn.LayerNorm or type(ffn) is not FFN:
+        return False
+    if (ffn.num_fcs != 2 or not ffn.add_identity
+            or type(ffn.gamma2) is not nn.Identity):
+        return False
+    try:
+        (fc1, act, drop1), fc2, drop2 = ffn.layers
+    except (TypeError, ValueError):
+        return False
+    linear = (nn.Linear, MMCVLinear)  # mmcv's: empty-tensor support only
+    if not (type(fc1) in linear and type(fc2) in linear
+            and type(act) is nn.GELU and act.approximate == 'none'
+            and type(drop1) is nn.Dropout and type(drop2) is nn.Dropout
+            and norm.elementwise_affine):
+        return False
+    return not training or (drop1.p == 0 and drop2.p == 0)
+
+
+def executor_applies(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` (a Pola backbone) runs its blocks' FFNs through
+    the executor for input ``x`` (module docstring: the switch and the
+    guard, checked over the whole model)."""
+    if is_graph_capture(x) or not get_cpu_executor():
+        return False
+    if (type(x) is not torch.Tensor or x.device.type != 'cpu'
+            or x.dtype != torch.float32
+            or _functorch_active() or autocast_enabled('cpu')
+            or _global_hooks_registered()):
+        return False
+    grad = torch.is_grad_enabled()
+    for module in model.modules():
+        if _has_hooks(module):
+            return False
+        if hasattr(module, 'ffn') and hasattr(module, 'norm2'):
+            if not _plain_ffn(module, module.training):
+                return False
+            if grad and getattr(module, 'with_cp', False):
+                return False
+        if any(p.dtype != torch.float32 or p.device.type != 'cpu'
+               for p in module.parameters(recurse=False)):
+            return False
+    return True
+
+
+# the executor's state for the current backbone forward (per thread)
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def executing(active: bool):
+    """Marks the enclosed backbone forward as run by the executor (the
+    backbones enter it with :func:`executor_applies`' answer)."""
+    saved = getattr(_state, 'active', False)
+    _state.active = active
+    try:
+        yield
+    finally:
+        _state.active = saved
+
+
+def in_use() -> bool:
+    """Whether the current backbone forward runs the executor (never while
+    compiling: the check folds to False there)."""
+    if _is_compiling():
+        return False
+    return getattr(_state, 'active', False)
+
+
+# ------------------------------------------------------ the FFN half-block
+
+
+def _chunks(rows: int, hidden: int):
+    step = max(16, CHUNK_ELEMENTS // hidden)
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def _ffn_layers(block):
+    (fc1, _, _), fc2, _ = block.ffn.layers
+    return fc1, fc2
+
+
+def _fused_inference(block, x):
+    """``x + fc2(gelu(fc1(norm2(x))))`` chunk by chunk, without autograd:
+    a fresh (B, N, C) result."""
+    norm = block.norm2
+    fc1, fc2 = _ffn_layers(block)
+    C = x.shape[-1]
+    rows = x.reshape(-1, C)
+    out = torch.empty_like(rows)
+    hidden = fc1.out_features
+    step = _chunks(rows.shape[0], hidden)
+    hbuf = rows.new_empty(min(rows.shape[0], step[0].stop), hidden)
+    for s in step:
+        n = s.stop - s.start
+        u = F.layer_norm(rows[s], norm.normalized_shape, norm.weight,
+                         norm.bias, norm.eps)
+        h = torch.addmm(fc1.bias, u, fc1.weight.t(), out=hbuf[:n])
+        torch.ops.aten.gelu_(h)
+        torch.addmm(rows[s], h, fc2.weight.t(), out=out[s]).add_(fc2.bias)
+    return out.view(x.shape)
+
+
+class _FeedForward(torch.autograd.Function):
+    """``fc2(gelu(fc1(u)))`` keeping u and h = fc1(u) for the backward
+    (autograd would also keep gelu(h)); the GELU runs chunk by chunk in
+    both directions."""
+
+    @staticmethod
+    def forward(ctx, u, w1, b1, w2, b2):
+        C = u.shape[-1]
+        u2 = u.reshape(-1, C)
+        h = torch.addmm(b1, u2, w1.t())
+        y = u2.new_empty(u2.shape[0], w2.shape[0])
+        for s in _chunks(h.shape[0], h.shape[1]):
+            torch.addmm(b2, F.gelu(h[s]), w2.t(), out=y[s])
+        ctx.save_for_backward(u2, h, w1, w2)
+        ctx.shape = u.shape
+        return y.view(*u.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        u2, h, w1, w2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        du = torch.empty_like(u2) if need[0] else None
+        dw1 = torch.zeros_like(w1) if need[1] else None
+        db1 = w1.new_zeros(w1.shape[0]) if need[2] else None
+        dw2 = torch.zeros_like(w2) if need[3] else None
+        db2 = dy2.sum(0) if need[4] else None
+        for s in _chunks(h.shape[0], h.shape[1]):
+            hb, dyb = h[s], dy2[s]
+            if dw2 is not None:
+                dw2.addmm_(dyb.t(), F.gelu(hb))
+            if need[0] or need[1] or need[2]:
+                dh = torch.ops.aten.gelu_backward(dyb @ w2, hb)
+                if dw1 is not None:
+                    dw1.addmm_(dh.t(), u2[s])
+                if db1 is not None:
+                    db1.add_(dh.sum(0))
+                if du is not None:
+                    torch.mm(dh, w1, out=du[s])
+        du = du.view(ctx.shape) if du is not None else None
+        return du, dw1, db1, dw2, db2
+
+
+def norm_ffn(block, x):
+    """The executor's ``x + ffn(norm2(x))`` for a block whose model passed
+    :func:`executor_applies`: (B, N, C) -> (B, N, C)."""
+    ffn = block.ffn
+    drop_path_is_noop = not block.training or not any(
+        getattr(m, 'drop_prob', 0) for m in ffn.dropout_layer.modules())
+    if not torch.is_grad_enabled() and drop_path_is_noop:
+        return _fused_inference(block, x)
+    fc1, fc2 = _ffn_layers(block)
+    u = block.norm2(x)
+    if torch.is_grad_enabled():
+        y = _FeedForward.apply(u, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    else:
+        y = fc2(F.gelu(fc1(u)))
+    return x + ffn.dropout_layer(y)
