@@ -50,12 +50,14 @@ def pytest_configure(config):
         'training); `pytest -m "not slow"` (make test-fast) skips them')
 
 
-# Whole-tool runs (train / test / dist launchers on generated data) and
-# every config's one-step training are the slow tier too: make test-fast
-# (`-m "not slow"`) keeps the unit tests for the edit loop.
+# Whole-tool runs (train / test / dist launchers on generated data, the
+# benchmark's command line), every config's one-step training and the ONNX
+# exports (the dynamo exporter: 10 s each) are the slow tier too: make
+# test-fast (`-m "not slow"`) keeps the unit tests for the edit loop.
 SLOW_FILES = ('test_tools_cls.py', 'test_tools_det.py', 'test_tools_seg.py',
               'test_tools_launch.py')
-SLOW_TESTS = ('test_config_trains_one_step', )
+SLOW_TESTS = ('test_config_trains_one_step', 'test_benchmark_cli',
+              'test_onnx_export_runs_in_onnxruntime')
 
 
 def pytest_collection_modifyitems(config, items):
