@@ -26,15 +26,18 @@ def small_chunks(monkeypatch):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts the blocks whose FFN half the executor ran."""
+    """Names the blocks the executor ran: 'whole' (both passes,
+    ``_block_inference``) or 'ffn' (attention through its modules, the FFN
+    half by the executor)."""
     count = []
-    real = ce.norm_ffn
+    for name, label in (('norm_ffn', 'ffn'), ('_block_inference', 'whole')):
+        real = getattr(ce, name)
 
-    def spy(block, x):
-        count.append(type(block).__name__)
-        return real(block, x)
+        def spy(*args, real=real, label=label):
+            count.append(label)
+            return real(*args)
 
-    monkeypatch.setattr(ce, 'norm_ffn', spy)
+        monkeypatch.setattr(ce, name, spy)
     return count
 
 
@@ -104,6 +107,34 @@ def test_inference_equals_the_plain_modules(cls, arch, calls):
     assert calls == []
     fast, _ = run(model, x, True, grad=False)
     assert len(calls) == sum(model.arch_settings['depths'])
+    # global Pola blocks run whole; Swin's softmax stages (3, 4) the FFN
+    whole = sum(model.arch_settings['depths'][:2 if cls is PolaSwin else 4])
+    assert calls.count('whole') == whole
+    assert_close(fast, plain)
+
+
+def test_window_mode_and_padding_equal_the_plain_modules(calls):
+    """Pola windows (padding, shifts, key masks) keep the attention's
+    modules; the FFN half runs in the executor."""
+    model = build(PolaSwin, TINY_SWIN, pola_attn_mode='window',
+                  pretrain_img_size=64).eval()
+    x = torch.rand(1, 3, 97, 131)
+    plain, _ = run(model, x, False, grad=False)
+    fast, _ = run(model, x, True, grad=False)
+    assert calls and 'whole' not in calls[:3]
+    assert_close(fast, plain)
+
+
+def test_the_reference_core_keeps_the_attention_modules(calls):
+    """With the core switched to 'reference' the whole-block path (the
+    fast core's arithmetic) is not used."""
+    import mmpola.ops as ops
+    model = build(PolaPVT, TINY_PVT).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with ops.pola_impl('reference'):
+        plain, _ = run(model, x, False, grad=False)
+        fast, _ = run(model, x, True, grad=False)
+    assert calls and set(calls) == {'ffn'}
     assert_close(fast, plain)
 
 

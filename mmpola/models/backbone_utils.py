@@ -47,9 +47,9 @@ class PreNormBlock(BaseModule):
         return self.attn(x, hw_shape)
 
     def _inner_forward(self, x, hw_shape):
-        x = x + self.drop_path(self._attention(self.norm1(x), hw_shape))
         if cpu_executor.in_use():  # opt-in, whole-model guard passed
-            return cpu_executor.norm_ffn(self, x)
+            return cpu_executor.block_forward(self, x, hw_shape)
+        x = x + self.drop_path(self._attention(self.norm1(x), hw_shape))
         return self.ffn(self.norm2(x), identity=x)
 
     def forward(self, x, hw_shape):

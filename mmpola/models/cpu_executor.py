@@ -11,7 +11,11 @@ the executor switched on, a backbone whose whole model passes
 
 * without gradients: over cache-sized token chunks, norm, both linears,
   GELU and the residual fused per chunk (no hidden map for the whole
-  sequence);
+  sequence); in eval mode a block with global Pola attention runs whole in
+  two passes over the chunks (keys: norm1, k / v projection, key sums;
+  queries: q / g projection, the core's query side, dwc, gate, proj,
+  residual and the FFN), so none of the attention's (N, C) intermediates
+  exists for the whole map either;
 * with gradients: through :class:`_FeedForward`, which keeps ``norm2(x)``
   and ``fc1``'s output for the backward (not the GELU's output too, as
   autograd would) and recomputes the GELU chunk by chunk there.
@@ -46,8 +50,11 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks.transformer import FFN
 from mmcv.cnn.bricks.wrappers import Linear as MMCVLinear
 
-from ..ops import _is_compiling, is_graph_capture
+from ..ops import _is_compiling, is_graph_capture, resolve_pola_impl
+from ..ops.fast import (Workspace, _add_key_sums, _query_output,
+                        _w_from_key_sums, polarity_features)
 from ..ops.reference import autocast_enabled
+from .pola_attention import PolaAttention
 
 __all__ = ['set_cpu_executor', 'get_cpu_executor', 'use_cpu_executor',
            'executor_applies', 'ENV_VAR']
@@ -283,3 +290,126 @@ def norm_ffn(block, x):
     else:
         y = fc2(F.gelu(fc1(u)))
     return x + ffn.dropout_layer(y)
+
+
+# ------------------------------------------ a whole block, global attention
+
+
+def _plain_attention(block) -> bool:
+    """Whether ``block.norm1`` / ``block.attn`` are the plain LayerNorm and
+    PolaAttention with Linear / Conv2d / Dropout submodules."""
+    attn, linear = block.attn, (nn.Linear, MMCVLinear)
+    projections = ([attn.qkvg] if attn.fused_qkvg else [attn.qg, attn.kv])
+    return (type(block.norm1) is nn.LayerNorm
+            and block.norm1.elementwise_affine
+            and all(type(m) in linear for m in projections + [attn.proj])
+            and type(attn.dwc) is nn.Conv2d
+            and type(attn.proj_drop) is nn.Dropout)
+
+
+def _runs_whole(block, x, hw_shape) -> bool:
+    """Whether :func:`_block_inference` runs this block: eval mode, no
+    gradients, global Pola attention with the fast core."""
+    attn = getattr(block, 'attn', None)
+    is_global = getattr(block, '_is_global', None)
+    return (not torch.is_grad_enabled() and not block.training
+            and type(attn) is PolaAttention
+            and (is_global is None or is_global(hw_shape))
+            and _plain_attention(block)
+            and resolve_pola_impl(None, x) == 'fast')
+
+
+def _projection(attn, parts):
+    """Weight and bias of the rows of the input projection that give
+    ``parts`` (of 'q', 'k', 'v', 'g'), in that order."""
+    if attn.fused_qkvg:
+        layer, order = attn.qkvg, 'qkvg'
+    elif parts == 'kv':
+        return attn.kv.weight, attn.kv.bias
+    else:
+        return attn.qg.weight, attn.qg.bias
+    C = attn.embed_dims
+    rows = [slice(order.index(c) * C, (order.index(c) + 1) * C)
+            for c in parts]
+    weight = torch.cat([layer.weight[r] for r in rows])
+    bias = None if layer.bias is None else torch.cat(
+        [layer.bias[r] for r in rows])
+    return weight, bias
+
+
+def _block_inference(block, x, hw_shape):
+    """``x + attn(norm1(x))``, then ``+ ffn(norm2(.))``, for a block with
+    global Pola attention in eval mode without gradients: the released
+    arithmetic of PolaAttention (the fast core's regrouping) in two passes
+    over token chunks. (B, N, C) -> a fresh (B, N, C)."""
+    attn, norm1, norm2 = block.attn, block.norm1, block.norm2
+    fc1, fc2 = _ffn_layers(block)
+    B, N, C = x.shape
+    h, d = attn.num_heads, attn.head_dims
+    if N != hw_shape[0] * hw_shape[1]:
+        raise ValueError(f'{N} tokens do not form an {hw_shape} map')
+    s = F.softplus(attn.scale)                                  # (1, 1, C)
+    p = attn.exponent()                                      # (1, h, 1, d)
+    enc = attn.key_encoding(hw_shape)                           # (1, N, C)
+    w_kv, b_kv = _projection(attn, 'kv')
+    w_qg, b_qg = _projection(attn, 'qg')
+    u = F.layer_norm(x, norm1.normalized_shape, norm1.weight, norm1.bias,
+                     norm1.eps)
+    hidden = fc1.out_features
+    step = max(16, CHUNK_ELEMENTS // (B * max(hidden, 4 * C)))
+    chunks = [slice(i, min(i + step, N)) for i in range(0, N, step)]
+    ws = Workspace(x)
+
+    # pass 1: keys and values, the key sums M = [k+; k-]^T [v, 1]
+    v_all = x.new_empty(B, h, N, d)
+    m = x.new_zeros(B, h, 2 * d, d + 1)
+    for c in chunks:
+        T = c.stop - c.start
+        k, v = F.linear(u[:, c], w_kv, b_kv).split(C, dim=-1)
+        k = (k + enc[:, c]).div_(s).view(B, T, h, d).transpose(1, 2)
+        v_all[:, :, c] = v.reshape(B, T, h, d).transpose(1, 2)
+        _add_key_sums(m, polarity_features(k, p, ws), v_all[:, :, c], ws)
+    w = _w_from_key_sums(m.div_(N), d // 2)             # (B, h, 2d, d+2)
+    # the depthwise conv on v, one kernel set for all heads (as released)
+    H, W = hw_shape
+    v_map = v_all.view(B * h, H, W, d).permute(0, 3, 1, 2)
+    dwc = attn.dwc(v_map).permute(0, 2, 3, 1).reshape(B, h, N, d)
+
+    # pass 2: queries, gate, projection, residual, then the FFN
+    out = torch.empty_like(x)
+    hbuf = None
+    for c in chunks:
+        T = c.stop - c.start
+        q, g = F.linear(u[:, c], w_qg, b_qg).split(C, dim=-1)
+        q = (q / s).view(B, T, h, d).transpose(1, 2)
+        mix = ws('mix', B, T, h, d)
+        _query_output(polarity_features(q, p, ws), w, mix.transpose(1, 2),
+                      ws)
+        mix.transpose(1, 2).add_(dwc[:, :, c])
+        y = F.linear(mix.view(B, T, C).mul_(g), attn.proj.weight,
+                     attn.proj.bias).add_(x[:, c])       # x + attn(...)
+        rows = y.view(B * T, C)
+        z = F.layer_norm(rows, norm2.normalized_shape, norm2.weight,
+                         norm2.bias, norm2.eps)
+        if hbuf is None or hbuf.shape[0] < B * T:
+            hbuf = x.new_empty(B * T, hidden)
+        hid = torch.addmm(fc1.bias, z, fc1.weight.t(), out=hbuf[:B * T])
+        torch.ops.aten.gelu_(hid)
+        if B == 1:  # out[:, c] is contiguous: written in place
+            torch.addmm(rows, hid, fc2.weight.t(),
+                        out=out[0, c]).add_(fc2.bias)
+        else:
+            out[:, c] = torch.addmm(rows, hid, fc2.weight.t()).add_(
+                fc2.bias).view(B, T, C)
+    return out
+
+
+def block_forward(block, x, hw_shape):
+    """The executor's block forward, for a block of a model that passed
+    :func:`executor_applies`: the whole block in two passes
+    (:func:`_block_inference`) where it applies, else the attention through
+    its modules and the FFN half through :func:`norm_ffn`."""
+    if _runs_whole(block, x, hw_shape):
+        return _block_inference(block, x, hw_shape)
+    x = x + block.drop_path(block._attention(block.norm1(x), hw_shape))
+    return norm_ffn(block, x)
