@@ -1,10 +1,23 @@
 """Both backbones through torch.compile, torch.export and ONNX (both
 exporters, run with ONNX Runtime), on tiny archs at fixed sizes."""
+import inspect
+
 import pytest
 import torch
+from mmengine.utils import digit_version
 
 import mmpola  # noqa: F401
 from mmpola import PolaPVT, PolaSwin
+
+# Measured on torch 2.1.2 (the torch21 stack): its Dynamo cannot trace
+# mmengine's deprecation decorator on mmcv's FFN in one graph
+# (torch.export), and its inductor fails to compile Pola-Swin and gives
+# wrong gradients for Pola-PVT (pow's backward at 0). Supported from the
+# torch after it on; tested on the default stack's torch.
+OLD_DYNAMO = digit_version(torch.__version__) < digit_version('2.2.0')
+old_dynamo = pytest.mark.skipif(
+    OLD_DYNAMO, reason=f'torch {torch.__version__}: torch.export / inductor '
+    'need torch >= 2.2 for these models (README support matrix)')
 
 TINY_PVT = dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                 num_heads=[1, 2, 2, 4], mlp_ratios=[2, 2, 2, 2])
@@ -34,6 +47,7 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+@old_dynamo
 @pytest.mark.parametrize('grad', [False, True])
 @pytest.mark.parametrize('case', ['pvt', 'swin'])
 def test_torch_export(case, grad):
@@ -55,15 +69,20 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path, case, dynamo):
     Runtime within 1e-4 relative of PyTorch."""
     pytest.importorskip('onnx')
     ort = pytest.importorskip('onnxruntime')
+    takes_dynamo = 'dynamo' in inspect.signature(torch.onnx.export).parameters
     if dynamo:
         pytest.importorskip('onnxscript')
+        if not takes_dynamo:
+            pytest.skip(f'torch {torch.__version__}: torch.onnx.export has '
+                        'no dynamo=True (torch >= 2.5)')
     model, x = build(case)
     with torch.no_grad():
         ref = model(x)
     path = str(tmp_path / f'{case}.onnx')
     names = [f'out{i}' for i in range(len(ref))]
-    kwargs = dict(dynamo=True) if dynamo else dict(dynamo=False,
-                                                   opset_version=17)
+    kwargs = dict(dynamo=True) if dynamo else dict(opset_version=17)
+    if takes_dynamo and not dynamo:
+        kwargs['dynamo'] = False  # the TorchScript exporter
     with torch.no_grad():
         torch.onnx.export(model, (x, ), path, input_names=['x'],
                           output_names=names, **kwargs)
@@ -74,6 +93,7 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path, case, dynamo):
         assert rel(torch.from_numpy(a), b) < 1e-4
 
 
+@old_dynamo
 @pytest.mark.slow
 @pytest.mark.parametrize('case', ['pvt', 'swin'])
 def test_torch_compile_matches_eager(case):

@@ -60,6 +60,13 @@ def _quiet_stderr():
         os.close(devnull)
 
 
+def _start(event) -> int:
+    """A profiler event's start in ns (torch < 2.2 has only start_us)."""
+    if hasattr(event, 'start_ns'):
+        return event.start_ns()
+    return event.start_us() * 1000
+
+
 def _cpu_peak_bytes(fn: Callable) -> int:
     from torch.profiler import ProfilerActivity, profile
     with _quiet_stderr():
@@ -71,7 +78,7 @@ def _cpu_peak_bytes(fn: Callable) -> int:
     finally:
         with _quiet_stderr():
             prof.stop()
-    events = [(e.start_ns(), e.nbytes())
+    events = [(_start(e), e.nbytes())
               for e in prof.profiler.kineto_results.events()
               if e.name() == '[memory]' and e.device_type().name == 'CPU']
     events.sort()

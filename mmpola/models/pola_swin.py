@@ -74,8 +74,10 @@ class WindowMSA(BaseModule):
             nW = mask.shape[0]
             bias = (bias + mask.unsqueeze(1)).unsqueeze(0).expand(
                 B_ // nW, -1, -1, -1, -1).reshape(B_, h, N, N)
+        # SDPA's default scale is 1 / sqrt(d) = self.scale; not passed:
+        # torch 2.1's TorchScript ONNX exporter cannot take it
         x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale,
+            q, k, v, attn_mask=bias.to(q.dtype),
             dropout_p=self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, C)))
 
