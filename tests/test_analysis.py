@@ -242,8 +242,10 @@ def test_benchmark_cli(run_tool, tmp_path):
     out = run_tool('tools/analysis/benchmark.py', '--mode', 'infer', 'train',
                    'core', '--models', 'pola_pvt_t,pvt_t', '--sizes', '32@2',
                    '--repeat', '1', '--warmup', '0', '--core-tokens', '50',
-                   '--core-heads', '1x8', '--out-dir', tmp_path)
+                   '--core-heads', '1x8', '--cpu-executor', 'on',
+                   '--out-dir', tmp_path)
     assert 'Pola / baseline' in out
+    assert 'cpu_executor True' in out  # recorded in the environment line
     with open(tmp_path / 'benchmark.csv') as f:
         rows = list(csv.DictReader(f))
     assert {(r['mode'], r['model']) for r in rows} == {
