@@ -1,28 +1,30 @@
-"""Opt-in CPU executor for the feed-forward half of Pola-PVT / Pola-Swin
-blocks (off by default).
+"""Opt-in CPU executor for Pola-PVT / Pola-Swin blocks (off by default).
 
-The default path is the plain modules: every block calls ``norm2`` and
-``ffn`` (``fc1 -> GELU -> fc2``) on whole tensors, so hooks and wrappers
-see what they expect. On the CPU that costs time and memory: the FFN's
-hidden map (N x 4C or N x 8C: 137 MB per image in Pola-PVT-T's first
-stage at 800x1333) is written, faulted in and read several times. With
-the executor switched on, a backbone whose whole model passes
-:func:`executor_applies` computes each block's ``x + ffn(norm2(x))``
+The default path is the plain modules: every block calls ``norm1``,
+``attn`` (its Linear layers, ``dwc``, ``proj``), ``norm2`` and ``ffn``
+(``fc1 -> GELU -> fc2``) on whole tensors, so hooks and wrappers see what
+they expect. On the CPU that costs time and memory: the FFN's hidden map
+(N x 4C or N x 8C: 137 MB per image in Pola-PVT-T's first stage at
+800x1333) and the attention's (N, C) intermediates are written, faulted in
+and read several times. With the executor switched on, a backbone whose
+whole model passes :func:`executor_applies` computes its blocks
 
-* without gradients: over cache-sized token chunks, norm, both linears,
-  GELU and the residual fused per chunk (no hidden map for the whole
-  sequence); in eval mode a block with global Pola attention runs whole in
+* without gradients: the FFN half (norm2, both linears, GELU, residual)
+  fused per cache-sized token chunk (no hidden map for the whole
+  sequence), the attention through its modules; in eval mode a block with global Pola attention runs whole in
   two passes over the chunks (keys: norm1, k / v projection, key sums;
   queries: q / g projection, the core's query side, dwc, gate, proj,
   residual and the FFN), so none of the attention's (N, C) intermediates
   exists for the whole map either;
-* with gradients: through :class:`_FeedForward`, which keeps ``norm2(x)``
+* with gradients: the attention through its modules, the FFN half
+  through :class:`_FeedForward`, which keeps ``norm2(x)``
   and ``fc1``'s output for the backward (not the GELU's output too, as
   autograd would) and recomputes the GELU chunk by chunk there.
 
-The arithmetic is the plain FFN's (the same weights, the same order of
-operations per token; float32 rounding differs only through the matrix
-products' blocking), and the tests compare the two, outputs and gradients.
+The arithmetic is the plain modules' (the same weights, the same order of
+operations per token, the fast core's regrouping of the attention; float32
+rounding differs only through the matrix products' blocking), and
+tests/test_cpu_executor.py compares the two, outputs and gradients.
 
 The switch, in order of precedence: :func:`set_cpu_executor` (or the
 :func:`use_cpu_executor` context manager), then the environment variable
