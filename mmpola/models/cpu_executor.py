@@ -11,7 +11,8 @@ whole model passes :func:`executor_applies` computes its blocks
 
 * without gradients: the FFN half (norm2, both linears, GELU, residual)
   fused per cache-sized token chunk (no hidden map for the whole
-  sequence), the attention through its modules; in eval mode a block with global Pola attention runs whole in
+  sequence), the attention through its modules; in eval mode a block
+  with global Pola attention runs whole in
   two passes over the chunks (keys: norm1, k / v projection, key sums;
   queries: q / g projection, the core's query side, dwc, gate, proj,
   residual and the FFN), so none of the attention's (N, C) intermediates
@@ -54,7 +55,7 @@ from mmcv.cnn.bricks.wrappers import Linear as MMCVLinear
 
 from ..ops import _is_compiling, is_graph_capture, resolve_pola_impl
 from ..ops.fast import (Workspace, _add_key_sums, _query_output,
-                        _w_from_key_sums, polarity_features)
+                        _w_from_key_sums, block_slices, polarity_features)
 from ..ops.reference import autocast_enabled
 from .pola_attention import PolaAttention
 
@@ -204,8 +205,7 @@ def in_use() -> bool:
 
 
 def _chunks(rows: int, hidden: int):
-    step = max(16, CHUNK_ELEMENTS // hidden)
-    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+    return block_slices(rows, max(16, CHUNK_ELEMENTS // hidden))
 
 
 def _ffn_layers(block):
@@ -213,24 +213,29 @@ def _ffn_layers(block):
     return fc1, fc2
 
 
+def _ffn_rows(block, rows, out, hbuf):
+    """``out = rows + fc2(gelu(fc1(norm2(rows))))`` for (M, C) token rows,
+    fc1's output in ``hbuf`` (at least (M, hidden), created by the caller
+    in this call)."""
+    norm = block.norm2
+    fc1, fc2 = _ffn_layers(block)
+    u = F.layer_norm(rows, norm.normalized_shape, norm.weight, norm.bias,
+                     norm.eps)
+    h = torch.addmm(fc1.bias, u, fc1.weight.t(), out=hbuf[:rows.shape[0]])
+    torch.ops.aten.gelu_(h)
+    return torch.addmm(rows, h, fc2.weight.t(), out=out).add_(fc2.bias)
+
+
 def _fused_inference(block, x):
     """``x + fc2(gelu(fc1(norm2(x))))`` chunk by chunk, without autograd:
     a fresh (B, N, C) result."""
-    norm = block.norm2
-    fc1, fc2 = _ffn_layers(block)
-    C = x.shape[-1]
-    rows = x.reshape(-1, C)
+    hidden = _ffn_layers(block)[0].out_features
+    rows = x.reshape(-1, x.shape[-1])
     out = torch.empty_like(rows)
-    hidden = fc1.out_features
-    step = _chunks(rows.shape[0], hidden)
-    hbuf = rows.new_empty(min(rows.shape[0], step[0].stop), hidden)
-    for s in step:
-        n = s.stop - s.start
-        u = F.layer_norm(rows[s], norm.normalized_shape, norm.weight,
-                         norm.bias, norm.eps)
-        h = torch.addmm(fc1.bias, u, fc1.weight.t(), out=hbuf[:n])
-        torch.ops.aten.gelu_(h)
-        torch.addmm(rows[s], h, fc2.weight.t(), out=out[s]).add_(fc2.bias)
+    chunks = _chunks(rows.shape[0], hidden)
+    hbuf = rows.new_empty(chunks[0].stop, hidden)
+    for s in chunks:
+        _ffn_rows(block, rows[s], out[s], hbuf)
     return out.view(x.shape)
 
 
@@ -344,8 +349,8 @@ def _block_inference(block, x, hw_shape):
     global Pola attention in eval mode without gradients: the released
     arithmetic of PolaAttention (the fast core's regrouping) in two passes
     over token chunks. (B, N, C) -> a fresh (B, N, C)."""
-    attn, norm1, norm2 = block.attn, block.norm1, block.norm2
-    fc1, fc2 = _ffn_layers(block)
+    attn, norm1 = block.attn, block.norm1
+    fc1 = _ffn_layers(block)[0]
     B, N, C = x.shape
     h, d = attn.num_heads, attn.head_dims
     if N != hw_shape[0] * hw_shape[1]:
@@ -359,7 +364,7 @@ def _block_inference(block, x, hw_shape):
                      norm1.eps)
     hidden = fc1.out_features
     step = max(16, CHUNK_ELEMENTS // (B * max(hidden, 4 * C)))
-    chunks = [slice(i, min(i + step, N)) for i in range(0, N, step)]
+    chunks = block_slices(N, step)
     ws = Workspace(x)
 
     # pass 1: keys and values, the key sums M = [k+; k-]^T [v, 1]
@@ -390,19 +395,14 @@ def _block_inference(block, x, hw_shape):
         mix.transpose(1, 2).add_(dwc[:, :, c])
         y = F.linear(mix.view(B, T, C).mul_(g), attn.proj.weight,
                      attn.proj.bias).add_(x[:, c])       # x + attn(...)
-        rows = y.view(B * T, C)
-        z = F.layer_norm(rows, norm2.normalized_shape, norm2.weight,
-                         norm2.bias, norm2.eps)
         if hbuf is None or hbuf.shape[0] < B * T:
             hbuf = x.new_empty(B * T, hidden)
-        hid = torch.addmm(fc1.bias, z, fc1.weight.t(), out=hbuf[:B * T])
-        torch.ops.aten.gelu_(hid)
+        rows = y.view(B * T, C)
         if B == 1:  # out[:, c] is contiguous: written in place
-            torch.addmm(rows, hid, fc2.weight.t(),
-                        out=out[0, c]).add_(fc2.bias)
+            _ffn_rows(block, rows, out[0, c], hbuf)
         else:
-            out[:, c] = torch.addmm(rows, hid, fc2.weight.t()).add_(
-                fc2.bias).view(B, T, C)
+            out[:, c] = _ffn_rows(block, rows, torch.empty_like(rows),
+                                  hbuf).view(B, T, C)
     return out
 
 
