@@ -190,6 +190,46 @@ def test_any_input_size(cls, arch, size):
         assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize('grad', [False, True])
+@pytest.mark.parametrize('B, C, N', [(1, 64, 4100), (2, 96, 700),
+                                     (3, 8, 5)])
+def test_stage_outputs_are_the_tokens_transposed(B, C, N, grad):
+    """tokens_to_map (blocked copy on the CPU without autograd, one
+    contiguous() with it): the same bits as the plain transpose, a fresh
+    contiguous map, gradients through it."""
+    from mmpola.models.backbone_utils import tokens_to_map
+    tokens = torch.randn(B, N, C, requires_grad=grad)
+    hw = (1, N) if N % 5 else (5, N // 5)
+    out = tokens_to_map(tokens, hw)
+    expected = tokens.detach().transpose(1, 2).reshape(B, C, *hw)
+    assert out.shape == (B, C, *hw) and out.is_contiguous()
+    assert torch.equal(out.detach(), expected)
+    assert out.data_ptr() != tokens.data_ptr()
+    if grad:
+        out.backward(torch.ones_like(out))
+        assert torch.equal(tokens.grad, torch.ones_like(tokens))
+
+
+def test_pvt_patch_embeddings_take_channels_last_maps():
+    """Stages 2-4 of Pola-PVT embed the previous tokens as a channels-last
+    view: the convolution stays channels-last (for B == 1 too, where
+    transpose + unflatten used to give a batch stride the conv did not
+    take as channels-last: a copy and a slow NCHW convolution)."""
+    model = PolaPVT(arch=TINY_PVT).eval()
+    seen = []
+    for i in (2, 3, 4):
+        getattr(model, f'patch_embed{i}').projection.register_forward_hook(
+            lambda m, args, out: seen.append((args[0], out)))
+    for B in (1, 2):
+        seen.clear()
+        with torch.no_grad():
+            model(torch.rand(B, 3, 64, 96))
+        assert len(seen) == 3
+        for inp, out in seen:
+            assert inp.is_contiguous(memory_format=torch.channels_last)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_detection_size_and_window_mode():
     model = PolaSwin(arch=TINY_SWIN, pola_attn_mode='window',
                      pretrain_img_size=64).eval()  # Pola windows 16 and 8

@@ -173,6 +173,11 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
                 outs.append(self.format_output(i, x, hw))
             if i < self.num_stages - 1:
                 # (B, C, H, W) for the next patch embedding: a channels-last
-                # view of the tokens (no copy; the conv takes it as it is)
-                x = x.transpose(1, 2).unflatten(2, hw)
+                # view of the tokens (no copy; the conv takes it as it is).
+                # Built by permuting (B, H, W, C): transpose + unflatten
+                # leaves a batch stride of C when B == 1, which the conv
+                # does not recognise as channels-last (a copy to NCHW and
+                # a 6x slower convolution)
+                x = x.reshape(x.shape[0], *hw, x.shape[-1]).permute(
+                    0, 3, 1, 2)
         return tuple(outs)
