@@ -18,9 +18,9 @@ whole model passes :func:`executor_applies` computes its blocks
   residual and the FFN), so none of the attention's (N, C) intermediates
   exists for the whole map either;
 * with gradients: the attention through its modules, the FFN half
-  through :class:`_FeedForward`, which keeps ``norm2(x)``
-  and ``fc1``'s output for the backward (not the GELU's output too, as
-  autograd would) and recomputes the GELU chunk by chunk there.
+  through :class:`_FeedForward`: chunk by chunk, keeping only
+  ``norm2(x)`` for the backward (not fc1's and the GELU's outputs, as
+  autograd would), which recomputes them chunk by chunk.
 
 The arithmetic is the plain modules' (the same weights, the same order of
 operations per token, the fast core's regrouping of the attention; float32
@@ -240,40 +240,46 @@ def _fused_inference(block, x):
 
 
 class _FeedForward(torch.autograd.Function):
-    """``fc2(gelu(fc1(u)))`` keeping u and h = fc1(u) for the backward
-    (autograd would also keep gelu(h)); the GELU runs chunk by chunk in
-    both directions."""
+    """``fc2(gelu(fc1(u)))`` chunk by chunk, keeping only u for the
+    backward: fc1's output and the GELU's (both (M, hidden), which
+    autograd would keep) never exist for the whole sequence; the backward
+    recomputes them per chunk (one more fc1 product, in cache)."""
 
     @staticmethod
     def forward(ctx, u, w1, b1, w2, b2):
         C = u.shape[-1]
         u2 = u.reshape(-1, C)
-        h = torch.addmm(b1, u2, w1.t())
         y = u2.new_empty(u2.shape[0], w2.shape[0])
-        for s in _chunks(h.shape[0], h.shape[1]):
-            torch.addmm(b2, F.gelu(h[s]), w2.t(), out=y[s])
-        ctx.save_for_backward(u2, h, w1, w2)
+        chunks = _chunks(u2.shape[0], w1.shape[0])
+        hbuf = u2.new_empty(chunks[0].stop, w1.shape[0])
+        for s in chunks:
+            h = torch.addmm(b1, u2[s], w1.t(), out=hbuf[:s.stop - s.start])
+            torch.addmm(b2, torch.ops.aten.gelu_(h), w2.t(), out=y[s])
+        ctx.save_for_backward(u2, w1, b1, w2)
         ctx.shape = u.shape
         return y.view(*u.shape[:-1], w2.shape[0])
 
     @staticmethod
     def backward(ctx, dy):
-        u2, h, w1, w2 = ctx.saved_tensors
+        u2, w1, b1, w2 = ctx.saved_tensors
         need = ctx.needs_input_grad
         dy2 = dy.reshape(-1, dy.shape[-1])
         du = torch.empty_like(u2) if need[0] else None
         dw1 = torch.zeros_like(w1) if need[1] else None
-        db1 = w1.new_zeros(w1.shape[0]) if need[2] else None
+        db1 = torch.zeros_like(b1) if need[2] else None
         dw2 = torch.zeros_like(w2) if need[3] else None
         db2 = dy2.sum(0) if need[4] else None
-        for s in _chunks(h.shape[0], h.shape[1]):
-            hb, dyb = h[s], dy2[s]
+        chunks = _chunks(u2.shape[0], w1.shape[0])
+        hbuf = u2.new_empty(chunks[0].stop, w1.shape[0])
+        for s in chunks:
+            ub, dyb = u2[s], dy2[s]
+            hb = torch.addmm(b1, ub, w1.t(), out=hbuf[:s.stop - s.start])
             if dw2 is not None:
                 dw2.addmm_(dyb.t(), F.gelu(hb))
             if need[0] or need[1] or need[2]:
                 dh = torch.ops.aten.gelu_backward(dyb @ w2, hb)
                 if dw1 is not None:
-                    dw1.addmm_(dh.t(), u2[s])
+                    dw1.addmm_(dh.t(), ub)
                 if db1 is not None:
                     db1.add_(dh.sum(0))
                 if du is not None:

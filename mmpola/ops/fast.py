@@ -176,7 +176,7 @@ def _add_key_sums(m, kf, v, ws):
     """Accumulate a block of keys: ``m (B, h, 2d, d+1) += kf^T [v, 1]``,
     kf (B, h, T, 2d) its key features, v (B, h, T, d) (any strides)."""
     d = v.shape[-1]
-    vb = ws('v', *v.shape).copy_(v)
+    vb = v if v.is_contiguous() else ws('v', *v.shape).copy_(v)
     kv = _bmm(kf.transpose(-2, -1), vb, ws('kv', *m[..., :d].shape))
     m[..., :d].add_(kv)
     m[..., d].add_(kf.sum(dim=-2))
