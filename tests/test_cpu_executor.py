@@ -262,6 +262,12 @@ def test_guard_wrappers_and_other_settings_keep_the_plain_path(
         # gradient checkpointing, dropout inside the FFN in training
         build(cls, arch, with_cp=True).train()(x)
         build(cls, arch, drop_rate=0.1).train()(x)
+        # an FFN layer without bias
+        model = build(cls, arch).eval()
+        next(m for m in model.modules() if hasattr(m, 'ffn')
+             ).ffn.layers[1].bias = None
+        with torch.no_grad():
+            model(x)
     assert calls == []
 
 

@@ -37,8 +37,9 @@ float32 CPU tensor; nothing is being traced, scripted, compiled or
 exported and no ``torch.func`` transform is active; autocast is off; no
 module of the model has a hook or parametrisation and no global module
 hook is registered; every block's ``norm2`` / ``ffn`` are exactly
-LayerNorm and mmcv's two-layer FFN with Linear layers and exact GELU
-(wrappers such as LoRA or quantised Linear layers keep the plain path);
+LayerNorm and mmcv's two-layer FFN with Linear layers (with biases) and
+exact GELU (wrappers such as LoRA or quantised Linear layers keep the
+plain path);
 in training, no dropout inside the FFN and no gradient checkpointing.
 Otherwise the plain modules run.
 """
@@ -146,6 +147,7 @@ def _plain_ffn(block, training: bool) -> bool:
     if not (type(fc1) in linear and type(fc2) in linear
             and type(act) is nn.GELU and act.approximate == 'none'
             and type(drop1) is nn.Dropout and type(drop2) is nn.Dropout
+            and fc1.bias is not None and fc2.bias is not None
             and norm.elementwise_affine):
         return False
     return not training or (drop1.p == 0 and drop2.p == 0)
