@@ -22,7 +22,7 @@ Modes:
 ``--pola-impl`` (auto / fast / reference) is set with
 ``mmpola.ops.set_pola_impl`` for every run (default: the environment
 variable ``MMPOLA_POLA_IMPL``, else 'auto'); ``--cpu-executor on|off``
-switches the opt-in CPU executor of the blocks' FFNs
+switches the opt-in CPU executor of the Pola blocks
 (``mmpola.models.cpu_executor``; default: ``MMPOLA_CPU_EXECUTOR``, else
 off). Both are recorded in the environment line of the outputs.
 
