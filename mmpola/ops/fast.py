@@ -134,8 +134,11 @@ def _polarity_grad(x, feats, log_abs, dfeats, p, dx, ws):
 
 # Tokens are processed in blocks so that the 2d-wide features of a block
 # stay in cache and are never materialised for the whole sequence (on the
-# CPU a fresh N x 2d buffer costs more than the arithmetic on it).
-CPU_BLOCK_ELEMENTS = 1 << 19
+# CPU a fresh N x 2d buffer costs more than the arithmetic on it). 4 MB of
+# features per block: measured against 1 << 19 .. 1 << 22 (PVT / Swin stage-1
+# shapes), 3-10% faster than 1 << 19 in inference, best for forward +
+# backward.
+CPU_BLOCK_ELEMENTS = 1 << 20
 
 
 def block_slices(n: int, step: int):
