@@ -17,10 +17,13 @@ whole model passes :func:`executor_applies` computes its blocks
   queries: q / g projection, the core's query side, dwc, gate, proj,
   residual and the FFN), so none of the attention's (N, C) intermediates
   exists for the whole map either;
-* with gradients: the attention through its modules, the FFN half
-  through :class:`_FeedForward`: chunk by chunk, keeping only
-  ``norm2(x)`` for the backward (not fc1's and the GELU's outputs, as
-  autograd would), which recomputes them chunk by chunk.
+* with gradients (and in train mode): global Pola attention with
+  ``1 / softplus(scale)`` folded into the q / k rows of its projections
+  (:func:`_folded_projection`, then :meth:`PolaAttention.attend`; no
+  (B, N, C) divisions and their backward), other attention through its
+  modules; the FFN half through :class:`_FeedForward`: chunk by chunk,
+  keeping only ``norm2(x)`` for the backward (not fc1's and the GELU's
+  outputs, as autograd would), which recomputes them chunk by chunk.
 
 The arithmetic is the plain modules' (the same weights, the same order of
 operations per token, the fast core's regrouping of the attention; float32
@@ -326,12 +329,8 @@ def _plain_attention(block) -> bool:
 def _runs_whole(block, x, hw_shape) -> bool:
     """Whether :func:`_block_inference` runs this block: eval mode, no
     gradients, global Pola attention with the fast core."""
-    attn = getattr(block, 'attn', None)
-    is_global = getattr(block, '_is_global', None)
     return (not torch.is_grad_enabled() and not block.training
-            and type(attn) is PolaAttention
-            and (is_global is None or is_global(hw_shape))
-            and _plain_attention(block)
+            and _global_pola(block, hw_shape)
             and resolve_pola_impl(None, x) == 'fast')
 
 
@@ -439,12 +438,39 @@ def _block_inference(block, x, hw_shape):
     return out
 
 
+def _folded_projection(attn, u, hw_shape):
+    """:meth:`PolaAttention.project` with ``1 / softplus(scale)`` folded
+    into the q / k rows of the projection weights: q / s, (k + encoding) /
+    s, v, g without the two (B, N, C) divisions (and their backward)."""
+    s = F.softplus(attn.scale)
+    q, g = F.linear(u, *_divide_first_rows(*_projection(attn, 'qg'), s)
+                    ).chunk(2, dim=-1)
+    k, v = F.linear(u, *_divide_first_rows(*_projection(attn, 'kv'), s)
+                    ).chunk(2, dim=-1)
+    return q, k + attn.key_encoding(hw_shape) / s, v, g
+
+
+def _global_pola(block, hw_shape) -> bool:
+    """Whether the block attends globally with plain PolaAttention."""
+    is_global = getattr(block, '_is_global', None)
+    return (type(getattr(block, 'attn', None)) is PolaAttention
+            and (is_global is None or is_global(hw_shape))
+            and _plain_attention(block))
+
+
 def block_forward(block, x, hw_shape):
     """The executor's block forward, for a block of a model that passed
     :func:`executor_applies`: the whole block in two passes
-    (:func:`_block_inference`) where it applies, else the attention through
-    its modules and the FFN half through :func:`norm_ffn`."""
+    (:func:`_block_inference`) where it applies; else the attention (global
+    Pola attention with the scale folded into its projections,
+    :func:`_folded_projection`; other attention through its modules) and
+    the FFN half through :func:`norm_ffn`."""
     if _runs_whole(block, x, hw_shape):
         return _block_inference(block, x, hw_shape)
-    x = x + block.drop_path(block._attention(block.norm1(x), hw_shape))
-    return norm_ffn(block, x)
+    u = block.norm1(x)
+    if _global_pola(block, hw_shape):
+        attn = block.attn.attend(
+            *_folded_projection(block.attn, u, hw_shape), hw_shape)
+    else:
+        attn = block._attention(u, hw_shape)
+    return norm_ffn(block, x + block.drop_path(attn))

@@ -144,12 +144,19 @@ class PolaAttention(BaseModule):
         return q / s, (k + self.key_encoding(hw_shape)).div_(s), v, g
 
     def forward(self, x, hw_shape, key_mask=None):
-        B, N, C = x.shape
+        N = x.shape[1]
         H, W = hw_shape
         if N != H * W:
             raise ValueError(f'{N} tokens do not form an {H}x{W} map')
+        return self.attend(*self.project(x, hw_shape), hw_shape, key_mask)
+
+    def attend(self, q, k, v, g, hw_shape, key_mask=None):
+        """The attention from the projections (:meth:`project`: q / s,
+        (k + encoding) / s, v, g, each (B, N, C)): the core, the depthwise
+        conv on v, the gate, ``proj`` and ``proj_drop``. -> (B, N, C)."""
+        B, N, C = v.shape
+        H, W = hw_shape
         h = self.num_heads
-        q, k, v, g = self.project(x, hw_shape)
         if key_mask is not None:
             v = v * key_mask.reshape(B, N, 1).to(v.dtype)  # nor via dwc
             key_mask = key_mask.reshape(B, 1, N, 1)
