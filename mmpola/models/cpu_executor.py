@@ -9,19 +9,18 @@ they expect. On the CPU that costs time and memory: the FFN's hidden map
 and read several times. With the executor switched on, a backbone whose
 whole model passes :func:`executor_applies` computes its blocks
 
-* without gradients: the FFN half (norm2, both linears, GELU, residual)
-  fused per cache-sized token chunk (no hidden map for the whole
-  sequence), the attention through its modules; in eval mode a block
-  with global Pola attention runs whole in
-  two passes over the chunks (keys: norm1, k / v projection, key sums;
-  queries: q / g projection, the core's query side, dwc, gate, proj,
-  residual and the FFN), so none of the attention's (N, C) intermediates
-  exists for the whole map either;
-* with gradients (and in train mode): global Pola attention with
+* in eval mode without gradients, a block with global Pola attention
+  (and the fast core) runs whole in two passes over cache-sized token
+  chunks (keys: norm1, k / v projection, key sums; queries: q / g
+  projection, the core's query side, dwc, gate, proj, residual and the
+  FFN), so none of the attention's (N, C) intermediates and no FFN hidden
+  map exists for the whole map;
+* otherwise (gradients, train mode, windows): global Pola attention with
   ``1 / softplus(scale)`` folded into the q / k rows of its projections
   (:func:`_folded_projection`, then :meth:`PolaAttention.attend`; no
   (B, N, C) divisions and their backward), other attention through its
-  modules; the FFN half through :class:`_FeedForward`: chunk by chunk,
+  modules; the FFN half (:func:`norm_ffn`) fused per token chunk without
+  gradients, with them through :class:`_FeedForward`: chunk by chunk,
   keeping only ``norm2(x)`` for the backward (not fc1's and the GELU's
   outputs, as autograd would), which recomputes them chunk by chunk.
 
@@ -363,6 +362,17 @@ def _divide_first_rows(weight, bias, s):
             None if bias is None else bias * scale)
 
 
+def _folded_weights(attn, hw_shape):
+    """``1 / softplus(scale)`` folded into the q / k rows of the input
+    projections: (weight, bias) of the q / g rows, of the k / v rows, and
+    the positional encoding divided by s, (1, N, C). With them q / s and
+    (k + encoding) / s come out of the products (no (N, C) divisions)."""
+    s = F.softplus(attn.scale)                                  # (1, 1, C)
+    return (_divide_first_rows(*_projection(attn, 'qg'), s),
+            _divide_first_rows(*_projection(attn, 'kv'), s),
+            attn.key_encoding(hw_shape) / s)
+
+
 def _linear_rows(out, rows, weight, bias):
     """``rows (M, K) @ weight^T + bias`` into ``out`` (at least M rows; a
     workspace buffer reused across chunks, already mapped and in cache)."""
@@ -383,12 +393,8 @@ def _block_inference(block, x, hw_shape):
     h, d = attn.num_heads, attn.head_dims
     if N != hw_shape[0] * hw_shape[1]:
         raise ValueError(f'{N} tokens do not form an {hw_shape} map')
-    s = F.softplus(attn.scale)                                  # (1, 1, C)
     p = attn.exponent()                                      # (1, h, 1, d)
-    enc_s = attn.key_encoding(hw_shape) / s                     # (1, N, C)
-    # q / s and (k + enc) / s: 1 / s folded into the projections' q, k rows
-    w_kv, b_kv = _divide_first_rows(*_projection(attn, 'kv'), s)
-    w_qg, b_qg = _divide_first_rows(*_projection(attn, 'qg'), s)
+    (w_qg, b_qg), (w_kv, b_kv), enc_s = _folded_weights(attn, hw_shape)
     u = F.layer_norm(x, norm1.normalized_shape, norm1.weight, norm1.bias,
                      norm1.eps)
     hidden = fc1.out_features
@@ -414,7 +420,6 @@ def _block_inference(block, x, hw_shape):
 
     # pass 2: queries, gate, projection, residual, then the FFN
     out = torch.empty_like(x)
-    hbuf = None
     for c in chunks:
         T = c.stop - c.start
         q, g = _linear_rows(ws('proj', B * T, 2 * C), u[:, c].reshape(-1, C),
@@ -428,12 +433,11 @@ def _block_inference(block, x, hw_shape):
                             mix.view(B, T, C).mul_(g).view(B * T, C),
                             attn.proj.weight, attn.proj.bias)
         rows.view(B, T, C).add_(x[:, c])                 # x + attn(...)
-        if hbuf is None or hbuf.shape[0] < B * T:
-            hbuf = x.new_empty(B * T, hidden)
+        hbuf = ws('hidden', B * T, hidden)
         if B == 1:  # out[:, c] is contiguous: written in place
             _ffn_rows(block, rows, out[0, c], hbuf)
         else:
-            out[:, c] = _ffn_rows(block, rows, torch.empty_like(rows),
+            out[:, c] = _ffn_rows(block, rows, ws('ffn', B * T, C),
                                   hbuf).view(B, T, C)
     return out
 
@@ -442,12 +446,10 @@ def _folded_projection(attn, u, hw_shape):
     """:meth:`PolaAttention.project` with ``1 / softplus(scale)`` folded
     into the q / k rows of the projection weights: q / s, (k + encoding) /
     s, v, g without the two (B, N, C) divisions (and their backward)."""
-    s = F.softplus(attn.scale)
-    q, g = F.linear(u, *_divide_first_rows(*_projection(attn, 'qg'), s)
-                    ).chunk(2, dim=-1)
-    k, v = F.linear(u, *_divide_first_rows(*_projection(attn, 'kv'), s)
-                    ).chunk(2, dim=-1)
-    return q, k + attn.key_encoding(hw_shape) / s, v, g
+    qg, kv, enc_s = _folded_weights(attn, hw_shape)
+    q, g = F.linear(u, *qg).chunk(2, dim=-1)
+    k, v = F.linear(u, *kv).chunk(2, dim=-1)
+    return q, k + enc_s, v, g
 
 
 def _global_pola(block, hw_shape) -> bool:
