@@ -283,3 +283,109 @@ def test_compile_keeps_the_plain_path(calls):
                 torch._dynamo.reset()
     assert_close(out, ref)
     assert calls == []
+
+
+def _grads(loss, tensors):
+    return torch.autograd.grad(loss, [t for t in tensors if t.requires_grad])
+
+
+@pytest.mark.parametrize('shape, banded', [((2, 4, 96, 90), True),
+                                           ((3, 4, 9, 13), False)])
+@pytest.mark.parametrize('channels_last', [True, False])
+@pytest.mark.parametrize('bias', [True, False])
+def test_depthwise_conv_backward_equals_autograd(shape, banded,
+                                                 channels_last, bias):
+    """The executor's depthwise conv (its own bias and, on large maps,
+    weight gradient) against nn.Conv2d under autograd: the same output,
+    the same gradients for x, weight and bias."""
+    torch.manual_seed(0)
+    C = shape[1]
+    conv = nn.Conv2d(C, C, 5, padding=2, groups=C, bias=bias)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = torch.randn(shape)
+    assert ce._banded_weight_grad(conv, x) is banded
+    params = [x] + list(conv.parameters())
+    ref = conv(x)
+    ref_grads = _grads((ref * weight).sum(), params)
+    out = ce._depthwise(conv)(x)
+    assert torch.equal(out, ref)
+    for a, b in zip(_grads((out * weight).sum(), params), ref_grads):
+        assert rel_err(a, b) < 1e-5
+    # the weight alone (a frozen input), the input alone (frozen conv)
+    x.requires_grad_(False)
+    (dw, *_), (ref_dw, *_) = (_grads((f(x) * weight).sum(),
+                                     list(conv.parameters()))
+                              for f in (ce._depthwise(conv), conv))
+    assert rel_err(dw, ref_dw) < 1e-5
+    x.requires_grad_()
+    conv.requires_grad_(False)
+    (dx, ), (ref_dx, ) = (_grads((f(x) * weight).sum(), [x])
+                          for f in (ce._depthwise(conv), conv))
+    assert rel_err(dx, ref_dx) < 1e-6
+
+
+def test_depthwise_conv_keeps_other_convs_as_they_are():
+    conv = nn.Conv2d(4, 4, 5, padding='same', groups=4)
+    assert ce._depthwise(conv) is conv
+    conv = nn.Conv2d(4, 4, 5, padding=2, groups=4, padding_mode='reflect')
+    assert ce._depthwise(conv) is conv
+    # stride 2: oneDNN's weight gradient, still equal to autograd's
+    conv = nn.Conv2d(4, 4, 5, padding=2, groups=4, stride=2)
+    x = torch.randn(1, 4, 100, 100, requires_grad=True)
+    assert not ce._banded_weight_grad(conv, x)
+    params = [x] + list(conv.parameters())
+    for a, b in zip(_grads(ce._depthwise(conv)(x).square().sum(), params),
+                    _grads(conv(x).square().sum(), params)):
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('add', [True, False])
+def test_split_linear_equals_linear_and_chunk(bias, add):
+    """Both halves of a projection and the first's added term, outputs and
+    gradients, against F.linear + chunk + add under autograd."""
+    torch.manual_seed(0)
+    u = torch.randn(2, 30, 8, requires_grad=True)
+    weight = torch.randn(12, 8, requires_grad=True)
+    b = torch.randn(12, requires_grad=True) if bias else None
+    extra = torch.randn(1, 30, 6, requires_grad=True) if add else None
+    first, second = ce._SplitLinear.apply(u, weight, b, extra)
+    ref1, ref2 = nn.functional.linear(u, weight, b).chunk(2, dim=-1)
+    if add:
+        ref1 = ref1 + extra
+    assert first.is_contiguous() and second.is_contiguous()
+    assert_close([first, second], [ref1, ref2], tol=1e-6)
+    inputs = [t for t in (u, weight, b, extra) if t is not None]
+    w1, w2 = torch.randn_like(first), torch.randn_like(second)
+    # the first half only: the second's gradient comes in as zeros
+    for loss, ref_loss in (((first * w1).sum() + (second * w2).sum(),
+                            (ref1 * w1).sum() + (ref2 * w2).sum()),
+                           ((first * w1).sum(), (ref1 * w1).sum())):
+        got = torch.autograd.grad(loss, inputs, retain_graph=True)
+        ref = torch.autograd.grad(ref_loss, inputs, retain_graph=True)
+        assert_close(got, ref, tol=1e-6)
+
+
+def test_residual_draws_and_scales_as_drop_path():
+    """x + drop_path(y) in one addcmul: the same per-sample draws as
+    mmcv's DropPath from the same seed, the same gradients."""
+    from mmcv.cnn.bricks import DropPath
+    drop = DropPath(0.5).train()
+    x = torch.randn(16, 5, 3)
+    y = torch.randn(16, 5, 3, requires_grad=True)
+    torch.manual_seed(3)
+    ref = x + drop(y)
+    torch.manual_seed(3)
+    out = ce._residual(x, y, drop)
+    assert_close([out], [ref], tol=1e-6)
+    kept = (out - x).flatten(1).any(1)
+    assert 0 < kept.sum() < 16  # both outcomes drawn
+    (dy, ), (ref_dy, ) = (torch.autograd.grad(t.sum(), [y]) for t in (out,
+                                                                     ref))
+    assert_close([dy], [ref_dy], tol=1e-6)
+    # eval mode and Identity: the plain sum
+    assert torch.equal(ce._residual(x, y, drop.eval()), x + y)
+    assert torch.equal(ce._residual(x, y, nn.Identity()), x + y)

@@ -18,11 +18,16 @@ whole model passes :func:`executor_applies` computes its blocks
 * otherwise (gradients, train mode, windows): global Pola attention with
   ``1 / softplus(scale)`` folded into the q / k rows of its projections
   (:func:`_folded_projection`, then :meth:`PolaAttention.attend`; no
-  (B, N, C) divisions and their backward), other attention through its
-  modules; the FFN half (:func:`norm_ffn`) fused per token chunk without
-  gradients, with them through :class:`_FeedForward`: chunk by chunk,
-  keeping only ``norm2(x)`` for the backward (not fc1's and the GELU's
-  outputs, as autograd would), which recomputes them chunk by chunk.
+  (B, N, C) divisions and their backward), the projections' halves as
+  separate tensors (:class:`_SplitLinear`: no concatenated gradient), the
+  depthwise conv with its own backward (:class:`_DepthwiseConv`: the bias
+  gradient as a sum, the weight gradient by row bands on large maps);
+  other attention through its modules; the residuals with stochastic
+  depth as one ``addcmul`` each (:func:`_residual`, the same draws); the
+  FFN half (:func:`norm_ffn`) fused per token chunk without gradients,
+  with them through :class:`_FeedForward`: chunk by chunk, keeping only
+  ``norm2(x)`` for the backward (not fc1's and the GELU's outputs, as
+  autograd would), which recomputes them chunk by chunk.
 
 The arithmetic is the plain modules' (the same weights, the same order of
 operations per token, the fast core's regrouping of the attention; float32
@@ -53,6 +58,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+from mmcv.cnn.bricks.drop import DropPath
 from mmcv.cnn.bricks.transformer import FFN
 from mmcv.cnn.bricks.wrappers import Linear as MMCVLinear
 
@@ -307,7 +314,21 @@ def norm_ffn(block, x):
         y = _FeedForward.apply(u, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
     else:
         y = fc2(F.gelu(fc1(u)))
-    return x + ffn.dropout_layer(y)
+    return _residual(x, y, ffn.dropout_layer)
+
+
+def _residual(x, y, drop):
+    """``x + drop(y)`` for a block's stochastic depth ``drop`` (mmcv's
+    DropPath or Identity): in training one ``addcmul`` with the per-sample
+    factor ``floor(keep + U[0, 1)) / keep`` (the same draw as
+    ``mmcv.cnn.bricks.drop.drop_path``), not a division, a product and a
+    sum over the whole map (and their backward)."""
+    if type(drop) is not DropPath or not drop.training or not drop.drop_prob:
+        return x + drop(y)
+    keep = 1 - drop.drop_prob
+    factor = keep + torch.rand((y.shape[0], ) + (1, ) * (y.dim() - 1),
+                               dtype=y.dtype, device=y.device)
+    return torch.addcmul(x, y, factor.floor_().div_(keep))
 
 
 # ------------------------------------------ a whole block, global attention
@@ -442,14 +463,148 @@ def _block_inference(block, x, hw_shape):
     return out
 
 
+# the depthwise conv's weight gradient by row bands on maps of at least
+# this many pixels per image (oneDNN's is faster on smaller maps: measured
+# equal at 50 x 84, 1.8x slower at 100 x 167 and 200 x 334)
+DWC_BAND_MIN_PIXELS = 1 << 13
+# accumulator elements per row band (4 MB; measured best at 2 rows of 334
+# and 4 rows of 167 pixels with 64 channels and a 5 x 5 kernel)
+DWC_BAND_ELEMENTS = 1 << 20
+
+
+def _depthwise_weight_grad(x, dy, k):
+    """The weight gradient (C, 1, k, k) of a depthwise k x k conv (stride
+    1, zero padding k // 2) from its input x and output gradient dy, both
+    (B, C, H, W) (channels-last fastest): band by band of rows, the k x k
+    shifted products ``dy * x`` are accumulated into a (k, rows, W, k, C)
+    buffer that stays in cache, summed over rows and columns at the end
+    (oneDNN's weight gradient: 188 ms for a (2, 64, 200, 334) map, this:
+    101 ms; measured)."""
+    B, C, H, W = x.shape
+    p = k // 2
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p)).contiguous()
+    dyl = dy.permute(0, 2, 3, 1)                           # (B, H, W, C)
+    rows = min(H, max(1, round(DWC_BAND_ELEMENTS / (k * k * W * C))))
+    acc = x.new_zeros(k, rows, W, k, C)
+    _, s_h, s_w, s_c = xp.stride()
+    for b in range(B):
+        for r0 in range(0, H, rows):
+            r = min(H - r0, rows)
+            grad = dyl[b, r0:r0 + r].unsqueeze(2)           # (r, W, 1, C)
+            for i in range(k):  # x rows r0 + i - p .., all k columns
+                taps = xp[b, r0 + i:r0 + i + r].as_strided(
+                    (r, W, k, C), (s_h, s_w, s_w, s_c))
+                acc[i, :r].addcmul_(grad, taps)
+    return acc.sum((1, 2)).permute(2, 0, 1).unsqueeze(1).contiguous()
+
+
+def _banded_weight_grad(conv, x) -> bool:
+    """Whether :func:`_depthwise_weight_grad` computes ``conv``'s weight
+    gradient for input x: a depthwise conv with a square odd kernel,
+    stride 1, no dilation, zero padding k // 2, on a large map."""
+    k = conv.kernel_size[0]
+    return (conv.groups == conv.in_channels == conv.out_channels
+            and conv.kernel_size == (k, k) and k % 2 == 1
+            and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.padding == (k // 2, k // 2)
+            and conv.padding_mode == 'zeros'
+            and x.shape[2] * x.shape[3] >= DWC_BAND_MIN_PIXELS)
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    """``conv(x)`` for Pola attention's depthwise conv (an ``nn.Conv2d``)
+    with a faster backward on the CPU: the input gradient from oneDNN, the
+    bias gradient as a sum over the map (oneDNN's took 70 ms more for a
+    (2, 64, 200, 334) map), the weight gradient by
+    :func:`_depthwise_weight_grad` on large maps, else from oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv):
+        ctx.save_for_backward(x, weight)
+        ctx.conv, ctx.has_bias = conv, bias is not None
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding,
+                        conv.dilation, conv.groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        conv, need = ctx.conv, ctx.needs_input_grad
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        banded = need[1] and _banded_weight_grad(conv, x)
+        dx, dw = None, None
+        if need[0] or (need[1] and not banded):
+            dx, dw, _ = torch.ops.aten.convolution_backward(
+                dy, x, weight, None, conv.stride, conv.padding,
+                conv.dilation, False, [0, 0], conv.groups,
+                [need[0], need[1] and not banded, False])
+        if banded:
+            dw = _depthwise_weight_grad(x, dy, conv.kernel_size[0])
+        db = dy.sum((0, 2, 3)) if need[2] and ctx.has_bias else None
+        return dx, dw, db, None
+
+
+def _depthwise(conv):
+    """``conv`` (PolaAttention's ``dwc``) as :class:`_DepthwiseConv`: for
+    :meth:`PolaAttention.attend`'s ``depthwise``; the module itself if it
+    pads other than with explicit zeros."""
+    if conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+        return conv
+    return lambda x: _DepthwiseConv.apply(x, conv.weight, conv.bias, conv)
+
+
+class _SplitLinear(torch.autograd.Function):
+    """``u @ weight^T + bias`` (weight (2C, K), u (..., K)) as its two
+    halves, each a contiguous (..., C) tensor, ``add`` (broadcastable to
+    the first) added in place to the first. Autograd's linear + chunk
+    would concatenate the halves' gradients into an (M, 2C) tensor in the
+    backward; here ``du = d1 @ W1 + d2 @ W2`` accumulates in place and the
+    weight gradient's halves are written where they belong."""
+
+    @staticmethod
+    def forward(ctx, u, weight, bias, add):
+        C = weight.shape[0] // 2
+        b1, b2 = (None, None) if bias is None else bias.split(C)
+        first = F.linear(u, weight[:C], b1)
+        if add is not None:
+            first.add_(add)  # fresh: created just above
+        ctx.save_for_backward(u, weight)
+        ctx.has_bias = bias is not None
+        ctx.add_shape = None if add is None else add.shape
+        return first, F.linear(u, weight[C:], b2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d1, d2):
+        u, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        C, K = weight.shape[0] // 2, u.shape[-1]
+        u2 = u.reshape(-1, K)
+        g1, g2 = d1.reshape(-1, C), d2.reshape(-1, C)
+        du = dw = db = dadd = None
+        if need[0]:
+            du = torch.mm(g1, weight[:C]).addmm_(g2, weight[C:])
+            du = du.view(u.shape)
+        if need[1]:
+            dw = weight.new_empty(weight.shape)
+            torch.mm(g1.t(), u2, out=dw[:C])
+            torch.mm(g2.t(), u2, out=dw[C:])
+        if need[2] and ctx.has_bias:
+            db = torch.cat([g1.sum(0), g2.sum(0)])
+        if need[3]:
+            dadd = d1.sum_to_size(ctx.add_shape)
+        return du, dw, db, dadd
+
+
 def _folded_projection(attn, u, hw_shape):
     """:meth:`PolaAttention.project` with ``1 / softplus(scale)`` folded
     into the q / k rows of the projection weights: q / s, (k + encoding) /
-    s, v, g without the two (B, N, C) divisions (and their backward)."""
-    qg, kv, enc_s = _folded_weights(attn, hw_shape)
-    q, g = F.linear(u, *qg).chunk(2, dim=-1)
-    k, v = F.linear(u, *kv).chunk(2, dim=-1)
-    return q, k + enc_s, v, g
+    s, v, g without the two (B, N, C) divisions (and their backward), each
+    a contiguous (B, N, C) tensor (:class:`_SplitLinear`)."""
+    (w_qg, b_qg), (w_kv, b_kv), enc_s = _folded_weights(attn, hw_shape)
+    q, g = _SplitLinear.apply(u, w_qg, b_qg, None)
+    k, v = _SplitLinear.apply(u, w_kv, b_kv, enc_s)
+    return q, k, v, g
 
 
 def _global_pola(block, hw_shape) -> bool:
@@ -472,7 +627,8 @@ def block_forward(block, x, hw_shape):
     u = block.norm1(x)
     if _global_pola(block, hw_shape):
         attn = block.attn.attend(
-            *_folded_projection(block.attn, u, hw_shape), hw_shape)
+            *_folded_projection(block.attn, u, hw_shape), hw_shape,
+            depthwise=_depthwise(block.attn.dwc))
     else:
         attn = block._attention(u, hw_shape)
-    return norm_ffn(block, x + block.drop_path(attn))
+    return norm_ffn(block, _residual(x, attn, block.drop_path))

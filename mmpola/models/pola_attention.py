@@ -150,10 +150,14 @@ class PolaAttention(BaseModule):
             raise ValueError(f'{N} tokens do not form an {H}x{W} map')
         return self.attend(*self.project(x, hw_shape), hw_shape, key_mask)
 
-    def attend(self, q, k, v, g, hw_shape, key_mask=None):
+    def attend(self, q, k, v, g, hw_shape, key_mask=None, depthwise=None):
         """The attention from the projections (:meth:`project`: q / s,
         (k + encoding) / s, v, g, each (B, N, C)): the core, the depthwise
-        conv on v, the gate, ``proj`` and ``proj_drop``. -> (B, N, C)."""
+        conv on v, the gate, ``proj`` and ``proj_drop``. -> (B, N, C).
+
+        ``depthwise`` (callable, optional) stands in for ``self.dwc`` on
+        the channels-last (B * heads, d, H, W) map of v: the CPU executor
+        passes a conv with its own backward (same arithmetic)."""
         B, N, C = v.shape
         H, W = hw_shape
         h = self.num_heads
@@ -172,6 +176,7 @@ class PolaAttention(BaseModule):
         # (B * heads, d, H, W), laid out channels-last (one copy), so the
         # conv's output comes back in the tokens' channel order
         v_map = v.reshape(B * h, H, W, -1).contiguous().permute(0, 3, 1, 2)
-        dwc = self.dwc(v_map).permute(0, 2, 3, 1).reshape(B, h, N, -1)
+        conv = self.dwc if depthwise is None else depthwise
+        dwc = conv(v_map).permute(0, 2, 3, 1).reshape(B, h, N, -1)
         dwc = dwc.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj((out + dwc) * g))
