@@ -389,3 +389,18 @@ def test_residual_draws_and_scales_as_drop_path():
     # eval mode and Identity: the plain sum
     assert torch.equal(ce._residual(x, y, drop.eval()), x + y)
     assert torch.equal(ce._residual(x, y, nn.Identity()), x + y)
+
+
+def test_double_backward_raises_instead_of_a_wrong_result():
+    """The executor's nodes (and the fast core) are first-order: a
+    backward with create_graph=True gives the first-order gradients,
+    differentiating them again raises a named error."""
+    model = build(PolaPVT, TINY_PVT).train()
+    x = torch.rand(1, 3, 64, 64)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for executor in (True, False):
+        with ce.use_cpu_executor(executor):
+            loss = sum(o.square().sum() for o in model(x))
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            with pytest.raises(RuntimeError, match='differentiate twice'):
+                sum(g.square().sum() for g in grads).backward()

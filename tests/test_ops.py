@@ -85,6 +85,25 @@ def test_gradcheck_float64_with_mask(impl):
         (q, k, v, p))
 
 
+def test_fast_gradients_are_first_order_with_a_clear_error():
+    """A backward with create_graph=True gives the same first-order
+    gradients; differentiating them again raises a named error instead of
+    failing inside the hand-written backward."""
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 7, 4, requires_grad=True)
+               for _ in range(3))
+    p = (1 + 4 * torch.rand(1, 2, 1, 4)).requires_grad_()
+    grads = {}
+    for impl in ('fast', 'reference'):
+        out = ops.pola_linear_attention(q, k, v, p, impl=impl)
+        grads[impl] = torch.autograd.grad(out.square().sum(), (q, k, v, p),
+                                          create_graph=True)
+    for a, b in zip(grads['fast'], grads['reference']):
+        assert rel(a.detach(), b.detach()) < 1e-5
+    with pytest.raises(RuntimeError, match='differentiate twice'):
+        grads['fast'][0].sum().backward()
+
+
 def test_fast_in_many_token_blocks(monkeypatch):
     """The fast core over many small, uneven token blocks."""
     monkeypatch.setattr(fast_mod, 'CPU_BLOCK_ELEMENTS', 1)  # 64 tokens

@@ -48,7 +48,10 @@ LayerNorm and mmcv's two-layer FFN with Linear layers (with biases) and
 exact GELU (wrappers such as LoRA or quantised Linear layers keep the
 plain path);
 in training, no dropout inside the FFN and no gradient checkpointing.
-Otherwise the plain modules run.
+Otherwise the plain modules run. The executor's autograd nodes have
+hand-written backwards: first-order gradients only (differentiating a
+gradient, e.g. for a gradient penalty, raises "trying to differentiate
+twice"; switch the executor off for it).
 """
 import contextlib
 import os
@@ -272,6 +275,7 @@ class _FeedForward(torch.autograd.Function):
         return y.view(*u.shape[:-1], w2.shape[0])
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         u2, w1, b1, w2 = ctx.saved_tensors
         need = ctx.needs_input_grad

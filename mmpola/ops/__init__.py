@@ -12,7 +12,9 @@ one of these implementations:
     :func:`~mmpola.ops.fast.pola_attention_fast`: the same numbers (tested
     against the reference, outputs and gradients), regrouped so that it
     needs one power per tensor and one product per side, blocked over
-    tokens, with a hand-written backward. Tuned for the CPU.
+    tokens, with a hand-written backward (first-order: differentiating its
+    gradients again raises "trying to differentiate twice"). Tuned for the
+    CPU.
 ``'auto'`` (the default)
     ``'fast'`` for CPU tensors in eager mode, ``'reference'`` otherwise
     (other devices).

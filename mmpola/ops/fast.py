@@ -23,6 +23,7 @@ import math
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .reference import EPS, compute_dtype, no_autocast
 
@@ -278,7 +279,8 @@ def _core_backward(dx, q, k, v, p, w, n, key_mask, dq, dk, dv):
 
 class _PolaCore(torch.autograd.Function):
     """:func:`_core_forward` with its hand-written backward; only q, k, v
-    and the small W are kept for it."""
+    and the small W are kept for it. First-order: differentiating its
+    gradients again raises "trying to differentiate twice"."""
 
     @staticmethod
     def forward(ctx, q, k, v, p, key_mask):
@@ -291,6 +293,7 @@ class _PolaCore(torch.autograd.Function):
         return buf
 
     @staticmethod
+    @once_differentiable  # hand-written, into buffers: first order only
     def backward(ctx, dbuf):
         q, k, v, p, w, key_mask = ctx.saved_tensors
         key_mask = key_mask if key_mask.numel() else None
