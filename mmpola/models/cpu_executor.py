@@ -468,8 +468,9 @@ def _block_inference(block, x, hw_shape):
 
 
 # the depthwise conv's weight gradient by row bands on maps of at least
-# this many pixels per image (oneDNN's is faster on smaller maps: measured
-# equal at 50 x 84, 1.8x slower at 100 x 167 and 200 x 334)
+# this many pixels per image; oneDNN's below (measured with 64 channels:
+# oneDNN's took 1.8x the bands' time at 100 x 167 and 200 x 334, about the
+# same at 50 x 84, less at 25 x 42)
 DWC_BAND_MIN_PIXELS = 1 << 13
 # accumulator elements per row band (4 MB; measured best at 2 rows of 334
 # and 4 rows of 167 pixels with 64 channels and a 5 x 5 kernel)
