@@ -254,6 +254,16 @@ def _fused_inference(block, x):
     return out.view(x.shape)
 
 
+def _fc1_chunks(rows, w1, b1):
+    """``(slice, fc1(rows[slice]))`` token chunk by token chunk, fc1's
+    output in one buffer reused across chunks (valid until the next)."""
+    chunks = _chunks(rows.shape[0], w1.shape[0])
+    hbuf = rows.new_empty(chunks[0].stop, w1.shape[0])
+    for s in chunks:
+        yield s, torch.addmm(b1, rows[s], w1.t(),
+                             out=hbuf[:s.stop - s.start])
+
+
 class _FeedForward(torch.autograd.Function):
     """``fc2(gelu(fc1(u)))`` chunk by chunk, keeping only u for the
     backward: fc1's output and the GELU's (both (M, hidden), which
@@ -265,10 +275,7 @@ class _FeedForward(torch.autograd.Function):
         C = u.shape[-1]
         u2 = u.reshape(-1, C)
         y = u2.new_empty(u2.shape[0], w2.shape[0])
-        chunks = _chunks(u2.shape[0], w1.shape[0])
-        hbuf = u2.new_empty(chunks[0].stop, w1.shape[0])
-        for s in chunks:
-            h = torch.addmm(b1, u2[s], w1.t(), out=hbuf[:s.stop - s.start])
+        for s, h in _fc1_chunks(u2, w1, b1):
             torch.addmm(b2, torch.ops.aten.gelu_(h), w2.t(), out=y[s])
         ctx.save_for_backward(u2, w1, b1, w2)
         ctx.shape = u.shape
@@ -285,11 +292,8 @@ class _FeedForward(torch.autograd.Function):
         db1 = torch.zeros_like(b1) if need[2] else None
         dw2 = torch.zeros_like(w2) if need[3] else None
         db2 = dy2.sum(0) if need[4] else None
-        chunks = _chunks(u2.shape[0], w1.shape[0])
-        hbuf = u2.new_empty(chunks[0].stop, w1.shape[0])
-        for s in chunks:
+        for s, hb in _fc1_chunks(u2, w1, b1):
             ub, dyb = u2[s], dy2[s]
-            hb = torch.addmm(b1, ub, w1.t(), out=hbuf[:s.stop - s.start])
             if dw2 is not None:
                 dw2.addmm_(dyb.t(), F.gelu(hb))
             if need[0] or need[1] or need[2]:
@@ -506,13 +510,13 @@ def _depthwise_weight_grad(x, dy, k):
 def _banded_weight_grad(conv, x) -> bool:
     """Whether :func:`_depthwise_weight_grad` computes ``conv``'s weight
     gradient for input x: a depthwise conv with a square odd kernel,
-    stride 1, no dilation, zero padding k // 2, on a large map."""
+    stride 1, no dilation, padding k // 2 (zeros: :func:`_depthwise`
+    keeps other padding modes on the module), on a large map."""
     k = conv.kernel_size[0]
     return (conv.groups == conv.in_channels == conv.out_channels
             and conv.kernel_size == (k, k) and k % 2 == 1
             and conv.stride == (1, 1) and conv.dilation == (1, 1)
             and conv.padding == (k // 2, k // 2)
-            and conv.padding_mode == 'zeros'
             and x.shape[2] * x.shape[3] >= DWC_BAND_MIN_PIXELS)
 
 

@@ -176,11 +176,17 @@ def _bmm(a, b, out):
     return out
 
 
+def _dense(x, ws, name):
+    """x itself if contiguous, else a contiguous copy in buffer ``name``
+    (the batched products need batch dims that flatten without a copy)."""
+    return x if x.is_contiguous() else ws(name, *x.shape).copy_(x)
+
+
 def _add_key_sums(m, kf, v, ws):
     """Accumulate a block of keys: ``m (B, h, 2d, d+1) += kf^T [v, 1]``,
     kf (B, h, T, 2d) its key features, v (B, h, T, d) (any strides)."""
     d = v.shape[-1]
-    vb = v if v.is_contiguous() else ws('v', *v.shape).copy_(v)
+    vb = _dense(v, ws, 'v')
     kv = _bmm(kf.transpose(-2, -1), vb, ws('kv', *m[..., :d].shape))
     m[..., :d].add_(kv)
     m[..., d].add_(kf.sum(dim=-2))
@@ -268,7 +274,7 @@ def _core_backward(dx, q, k, v, p, w, n, key_mask, dq, dk, dv):
     for blk in _token_blocks(k):
         (kf, log_k), kb = _key_features(k, p, key_mask, blk, ws, True)
         T = kf.shape[-2]
-        vb = ws('v', B, h, T, d).copy_(v[..., blk, :])
+        vb = _dense(v[..., blk, :], ws, 'v')
         dkf = _bmm(vb, ds_vt, ws('dfeat', B, h, T, 2 * d)).add_(ds_1)
         if key_mask is not None:
             dkf.mul_(key_mask[..., blk, :])
