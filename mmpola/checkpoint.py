@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
-from .utils.torch_load import safe_load
+from .utils.torch_load import register_mmengine_loader, safe_load
 
 __all__ = ['read_checkpoint', 'extract_state_dict', 'convert_released',
            'to_backbone_layout', 'backbone_state_from_file',
@@ -33,13 +33,22 @@ __all__ = ['read_checkpoint', 'extract_state_dict', 'convert_released',
 
 
 def read_checkpoint(path):
-    """Read a checkpoint file into CPU memory, never running pickled code.
+    """Read a checkpoint into CPU memory, never running code from it.
 
-    The released training code's yacs ``config`` becomes an inert dict;
-    a file naming any other code is refused (see
-    ``mmpola.utils.torch_load``).
+    ``path`` is a local file (``.pth`` or ``.safetensors``) or any URL
+    MMEngine knows (``http(s)://``, ``open-mmlab://``, ``torchvision://``,
+    ``s3://``, ...): MMEngine fetches the bytes, mmpola's safe reader reads
+    them (:mod:`mmpola.utils.torch_load`). The released training code's
+    yacs ``config`` becomes an inert dict; a file asking for code is
+    refused.
     """
-    if not osp.isfile(path):
+    path = str(path)
+    if '://' in path:
+        from mmengine.runner.checkpoint import CheckpointLoader
+        register_mmengine_loader()
+        return CheckpointLoader.load_checkpoint(path, map_location='cpu',
+                                                logger='silent')
+    if not osp.isfile(osp.expanduser(path)):
         raise FileNotFoundError(
             f'Checkpoint file not found: {path!r}. Download the released '
             'PolaFormer weights and put them there (see README, "Released '

@@ -1,340 +1,301 @@
-"""Reading checkpoint files without ever running pickled code.
+"""Reading checkpoint files without ever running code from them.
 
-Every file mmpola reads goes through :func:`safe_load`: torch's own
-``weights_only=True`` unpickler, with a small explicit allow-list added for
-the duration of the call (``torch.serialization.safe_globals``):
+:func:`safe_load` is the one reader of every file mmpola touches, on every
+supported torch (2.1 - 2.14), and ``import mmpola`` makes it MMEngine's
+reader for every scheme (:func:`register_mmengine_loader`).
 
-* MMEngine's checkpoints: the message hub's ``HistoryBuffer`` (and
-  ``getattr`` restricted to a ``HistoryBuffer``'s statistics, the one
-  function call MMEngine pickles), numpy arrays, dtypes and scalars;
-* the released PolaFormer files: their yacs ``config`` becomes a plain
-  ``OrderedDict`` (:class:`InertCfgNode`), with no yacs import.
+* ``.safetensors`` files are read with safetensors (tensors only).
+* torch zip files: refused before torch sees them if they are TorchScript
+  archives (``torch.load`` would hand those to ``torch.jit.load``), have
+  compressed records (torch never writes them) or records the two zip
+  readers see differently; then ``torch.load`` reads them with
+  :mod:`mmpola.utils.safe_pickle` as its pickle module.
+* legacy (non-zip) ``torch.save`` files and raw pickles are handed to
+  ``torch.load`` as bytes (never as a file it could open as a tar archive),
+  with the same pickle module.
 
-Nothing else is resolved: any other global (``os.system``,
-``builtins.eval``, ``subprocess.Popen``, an arbitrary class), in a zip or
-a legacy (non-zip) ``torch.save`` file or a raw pickle stream, makes the
-load fail with :class:`UnsafeCheckpointError` naming the file and the
-refused global, before anything is called. Empty, truncated, text and
-corrupt files raise :class:`CorruptCheckpointError` naming the file.
-
-``import mmpola`` registers :func:`safe_load` as MMEngine's loader for
-local files (``load_from``, ``resume``, ``init_cfg=Pretrained``,
-``mmengine.runner.load_checkpoint``, ``CheckpointLoader``): torch's
-default (``weights_only=True`` since torch 2.6) plus the allow-list above,
-so MMEngine's own checkpoints resume on torch >= 2.6, and no file loads
-that torch's default would refuse for containing code.
-
-On torch < 2.4 (no ``safe_globals``) the same allow-list is enforced by a
-restricted unpickler (``find_class``) used for every pickle torch reads.
+The result holds tensors, containers, numbers, strings, bytes, numpy
+arrays of plain numeric dtypes, MMEngine ``HistoryBuffer`` objects rebuilt
+from validated data, and released yacs configs as
+:class:`~mmpola.utils.safe_pickle.InertCfgNode`. Any file ends in that
+value, :class:`UnsafeCheckpointError` or :class:`CorruptCheckpointError`,
+both naming the file (see SECURITY.md for what is and is not promised).
 """
-import _codecs
-import _compat_pickle
-import importlib
+import io
 import os
 import os.path as osp
-import pickle
-import pickletools
-import re
 import zipfile
-from collections import Counter, OrderedDict
 
-import numpy as np
 import torch
+
+from .safe_pickle import (CorruptCheckpointError, InertCfgNode,
+                          UnsafeCheckpointError, allowed_global_names, escape,
+                          materialize, pickle_module)
 
 __all__ = ['safe_load', 'register_mmengine_loader', 'InertCfgNode',
            'UnsafeCheckpointError', 'CorruptCheckpointError',
-           'safe_global_names']
+           'allowed_global_names', 'is_safetensors']
+
+_ZIP_MAGIC = b'PK\x03\x04'
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint names a global (function or class) outside the
-    allow-list; nothing was executed."""
+def _describe(source):
+    if isinstance(source, (str, os.PathLike)):
+        return escape(os.fspath(source), 300)
+    return escape(getattr(source, 'name', '<buffer>'), 300)
 
 
-class CorruptCheckpointError(RuntimeError):
-    """A file is not a readable checkpoint (empty, truncated, text, ...)."""
+def is_safetensors(data):
+    """Whether ``data`` (the file's first bytes, at least 9) starts as a
+    safetensors file: an 8-byte little-endian header length, then ``{``."""
+    return len(data) >= 9 and data[8:9] == b'{' and \
+        int.from_bytes(data[:8], 'little') < (1 << 28)
 
 
-class InertCfgNode:
-    """Stand-in for ``yacs.config.CfgNode`` (the released files' training
-    config), resolved by that name: it unpickles as a plain
-    ``collections.OrderedDict`` of the config's items (yacs' own attributes
-    land in the dict's ``__dict__``), so nothing of yacs is imported or
-    run, and torch's weights-only reader can fill it.
-    """
-
-    def __new__(cls, *args, **kwargs):
-        return OrderedDict()
-
-
-InertCfgNode.__module__ = 'yacs.config'
-InertCfgNode.__qualname__ = InertCfgNode.__name__ = 'CfgNode'
-
-# HistoryBuffer attributes MMEngine may pickle through ``getattr``
-_HISTORY_STATISTICS = frozenset({'min', 'max', 'mean', 'current'})
-
-
-def _history_getattr(obj, name):
-    """``getattr`` as MMEngine pickles it: a statistic of ``HistoryBuffer``
-    (``getattr(HistoryBuffer, 'mean')`` in every message hub's state);
-    anything else is refused."""
-    from mmengine.logging import HistoryBuffer
-    allowed = _HISTORY_STATISTICS | set(HistoryBuffer._statistics_methods)
-    if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) \
-            and name in allowed:
-        return getattr(obj, name)
-    what = getattr(obj, '__qualname__', type(obj).__qualname__)
-    raise UnsafeCheckpointError(
-        f'refused global builtins.getattr({what}.{name}): only the '
-        'statistics of an mmengine HistoryBuffer may be read')
-
-
-_history_getattr.__module__ = 'builtins'
-_history_getattr.__qualname__ = _history_getattr.__name__ = 'getattr'
-
-
-def _numpy_multiarray():
-    """numpy's ``multiarray`` (``numpy._core`` in 2.x, ``numpy.core`` in
-    1.x, whose ``numpy._core`` is an incomplete shim)."""
-    for name in ('numpy._core.multiarray', 'numpy.core.multiarray'):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, '_reconstruct'):
-            return module
-    raise ImportError('numpy.core.multiarray._reconstruct not found')
-
-
-def _numpy_globals():
-    multiarray = _numpy_multiarray()
-    objs = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
-    objs += sorted({type(np.dtype(t)) for t in np.sctypeDict.values()},
-                   key=repr)
-    pairs = [(o, f'{o.__module__}.{o.__qualname__}') for o in objs]
-    # files written with numpy 1.x name numpy.core, 2.x numpy._core
-    for o, name in list(pairs):
-        for old, new in (('numpy._core.', 'numpy.core.'),
-                         ('numpy.core.', 'numpy._core.')):
-            if name.startswith(old):
-                pairs.append((o, new + name[len(old):]))
-    return pairs
-
-
-def _safe_global_pairs():
-    """(object, fully qualified name) of everything allowed beyond torch's
-    own weights-only globals."""
-    pairs = _numpy_globals()
-    # how protocol-2 pickles store bytes (numpy buffers); torch >= 2.4
-    # allows it too
-    pairs.append((_codecs.encode, '_codecs.encode'))
-    pairs.append((set, 'builtins.set'))  # yacs' deprecated keys; ditto
-    pairs.append((Counter, 'collections.Counter'))  # torch 2.1 optimizers
-    pairs += [(InertCfgNode, 'yacs.config.CfgNode'),
-              (_history_getattr, 'builtins.getattr'),
-              (_history_getattr, '__builtin__.getattr')]
+def _load_safetensors(data, map_location):
     try:
-        from mmengine.logging import HistoryBuffer
-        pairs.append((HistoryBuffer, 'mmengine.logging.history_buffer.'
-                      'HistoryBuffer'))
-    except ImportError:  # pragma: no cover - mmengine is a dependency
-        pass
-    return pairs
+        from safetensors.torch import load
+    except ImportError:  # pragma: no cover - a dependency
+        raise ImportError('reading .safetensors files needs safetensors: '
+                          'pip install safetensors') from None
+    state = load(data)
+    if isinstance(map_location, (str, torch.device)) and \
+            str(map_location) != 'cpu':
+        state = {k: v.to(map_location) for k, v in state.items()}
+    return state
 
 
-def safe_global_names():
-    """Names of the globals allowed beyond torch's weights-only set."""
-    return sorted({name for _, name in _safe_global_pairs()})
+def _check_zip(f, size):
+    """Refuse what ``torch.load`` would not read as plain data: TorchScript
+    archives, compressed or oversized records, and archives whose record
+    lists differ between Python's and torch's zip readers."""
+    try:
+        with zipfile.ZipFile(f) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise CorruptCheckpointError(
+            f'the zip archive is truncated or corrupt ({escape(e)})') from None
+    f.seek(0)
+    try:
+        records = set(torch._C.PyTorchFileReader(f).get_all_records())
+    except Exception as e:  # torch's reader refuses the archive
+        raise CorruptCheckpointError(
+            f'not a torch zip archive ({escape(e)})') from None
+    if 'constants.pkl' in records or any(
+            r.startswith(('code/', '.data/ts_code')) for r in records):
+        raise UnsafeCheckpointError(
+            'refused a TorchScript archive (torch.load would run it with '
+            'torch.jit.load)')
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or \
+            sum(i.file_size for i in infos) > size:
+        raise CorruptCheckpointError(
+            'the zip archive has compressed or oversized records (torch.save '
+            'writes neither)')
+    names = {i.filename.split('/', 1)[-1] for i in infos
+             if not i.filename.endswith('/')}
+    if not records <= names or not any(r.endswith('.pkl') for r in records):
+        raise CorruptCheckpointError(
+            'the zip records torch reads differ from the archive directory')
+    f.seek(0)
 
 
-_HAS_SAFE_GLOBALS = hasattr(torch.serialization, 'safe_globals')
+def _torch_load(f, map_location, size):
+    """``torch.load`` with :mod:`~mmpola.utils.safe_pickle` as its pickle
+    module (never torch's ``weights_only`` allow-list, which files could
+    not widen but which differs between torch versions)."""
+    if os.getenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '0').lower() in (
+            '1', 'y', 'yes', 'true'):
+        # the user asked for torch's own reader everywhere: honour it
+        return torch.load(f, map_location=map_location, weights_only=True)
+    kwargs = {}
+    if 'mmap' in torch.load.__code__.co_varnames:
+        kwargs['mmap'] = False
+    out = torch.load(f, map_location=map_location, weights_only=False,
+                     pickle_module=pickle_module(size), **kwargs)
+    return materialize(out)
 
 
-def _restricted_pickle_module():
-    """torch < 2.4: a pickle module whose every read (``load`` and
-    ``Unpickler``, both of which torch uses) resolves only torch's
-    weights-only globals and :func:`_safe_global_pairs`."""
-    from torch import _weights_only_unpickler as wou
-    allowed = dict(wou._get_allowed_globals())
-    allowed.update((name, obj) for obj, name in _safe_global_pairs())
-
-    class Unpickler(pickle.Unpickler):
-
-        def find_class(self, module, name):
-            # protocol < 3 names Python 2 modules (__builtin__, copy_reg)
-            module, name = _compat_pickle.NAME_MAPPING.get(
-                (module, name), (module, name))
-            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-            full = f'{module}.{name}'
-            if full not in allowed:
-                raise UnsafeCheckpointError(
-                    f'Unsupported global: GLOBAL {full} was not an allowed '
-                    'global')
-            return allowed[full]
-
-    class Module:
-        pass
-
-    Module.Unpickler = Unpickler
-    Module.load = staticmethod(lambda f, **kw: Unpickler(f, **kw).load())
-    Module.__name__ = 'mmpola_restricted_pickle'
-    return Module
-
-
-def _pickled_globals(data):
-    """Globals named by the pickles at the start of ``data`` (a raw pickle
-    stream or a legacy ``torch.save`` file: a few pickles in a row), read
-    with ``pickletools`` (nothing is resolved or executed)."""
-    names, pos, strings = [], 0, []
-    for _ in range(6):  # magic number, protocol, sys info, object, keys
-        stream = _BytesWithPos(data, pos)
-        try:
-            for op, arg, _ in pickletools.genops(stream):
-                if op.name in ('SHORT_BINUNICODE', 'BINUNICODE', 'UNICODE',
-                               'BINUNICODE8'):
-                    strings = (strings + [arg])[-2:]
-                elif op.name == 'GLOBAL':
-                    names.append(arg.replace(' ', '.'))
-                elif op.name == 'STACK_GLOBAL' and len(strings) == 2:
-                    names.append('.'.join(strings))
-        except Exception:  # not (or no longer) a pickle
-            break
-        pos = stream.tell()
-        if pos >= len(data):
-            break
-    return names
-
-
-class _BytesWithPos:
-    """A read-only view of ``data`` from ``pos`` for ``pickletools``."""
-
-    def __init__(self, data, pos):
-        self.data, self.pos = data, pos
-
-    def read(self, n=-1):
-        end = len(self.data) if n < 0 else self.pos + n
-        out = self.data[self.pos:end]
-        self.pos += len(out)
-        return out
-
-    def readline(self):
-        end = self.data.find(b'\n', self.pos)
-        end = len(self.data) if end < 0 else end + 1
-        return self.read(end - self.pos)
-
-    def tell(self):
-        return self.pos
-
-
-def refused_globals(path):
-    """The globals a checkpoint file names that :func:`safe_load` refuses
-    (a diagnostic: reads the pickles' opcodes, executes nothing)."""
-    from torch import _weights_only_unpickler as wou
-    allowed = set(wou._get_allowed_globals())
-    allowed |= {name for _, name in _safe_global_pairs()}
-    names = []
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for member in zf.namelist():
-                if member.endswith('.pkl'):
-                    names += _pickled_globals(zf.read(member))
-    else:
-        with open(path, 'rb') as f:
-            names = _pickled_globals(f.read(1 << 26))
-    return sorted({n for n in names if n not in allowed})
-
-
-_REFUSED = re.compile(r'refused global (\S+)')
-
-
-def _describe(path):
-    if isinstance(path, (str, os.PathLike)):
-        return os.fspath(path)
-    return getattr(path, 'name', repr(path))
-
-
-def _classify(path, err):
-    """The error to raise for ``err`` raised by torch.load on ``path``."""
-    name = _describe(path)
-    text = str(err)
-    is_file = isinstance(path, (str, os.PathLike)) and osp.isfile(name)
-    refused = []
-    if isinstance(err, pickle.UnpicklingError):
-        m = _REFUSED.search(text)
-        refused = [m.group(1).rstrip(':')] if m else []
-        if not refused and is_file:
-            try:
-                refused = refused_globals(name)
-            except Exception:  # a diagnostic only
-                refused = []
-    if refused:
-        return UnsafeCheckpointError(
-            f'{name}: refused to load: the file names the global(s) '
-            f'{", ".join(refused[:5])}, not on the allow-list (torch '
-            'weights-only tensors and containers, numpy arrays, mmengine '
-            'HistoryBuffer, yacs CfgNode). Nothing was executed. If you '
-            'trust the file, load it yourself and re-save its tensors.')
-    if is_file and osp.getsize(name) == 0:
-        reason = 'the file is empty'
-    elif 'Unsupported operand' in text:
-        reason = ('a pickle torch\'s weights-only reader does not accept '
-                  '(a raw pickle stream, or pickle protocol 4+ framing: '
-                  're-save the tensors with torch.save\'s default protocol)')
-    elif isinstance(err, (EOFError, zipfile.BadZipFile)) or any(
-            s in text for s in ('EOF', 'central directory', 'truncated')):
-        reason = 'the file is truncated or corrupt'
-    else:
-        reason = 'not a PyTorch checkpoint (corrupt, or another format)'
-    first = text.splitlines()[0][:200] if text else ''
-    return CorruptCheckpointError(
-        f'{name}: cannot read checkpoint: {reason} '
-        f'({type(err).__name__}: {first})')
-
-
-def safe_load(path, map_location='cpu'):
-    """``torch.load`` that never executes pickled code.
+def safe_load(source, map_location='cpu'):
+    """Read a checkpoint without running code from it.
 
     Args:
-        path (str | os.PathLike | file-like): the checkpoint.
-        map_location: as for ``torch.load``.
+        source (str | os.PathLike | bytes | file-like): the checkpoint
+            (``.pth`` zip or legacy ``torch.save`` file, or
+            ``.safetensors``); a file-like object is read to its end.
+        map_location: as for ``torch.load`` (safetensors files: a device
+            string or ``torch.device``; anything else loads on the CPU).
 
     Returns:
-        The loaded object (tensors, containers, numpy data, mmengine
-        ``HistoryBuffer``; a yacs config as an ``OrderedDict``).
+        The loaded data: tensors, containers, numbers, strings, numpy
+        arrays, MMEngine ``HistoryBuffer`` objects; a released yacs
+        config as :class:`InertCfgNode`.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        UnsafeCheckpointError: the file names a global outside the
-            allow-list (nothing was executed).
-        CorruptCheckpointError: empty, truncated, text or corrupt file.
+        FileNotFoundError: ``source`` is a path that does not exist.
+        UnsafeCheckpointError: the file asks for code (a global outside the
+            allow-list, a call, an attribute write, a TorchScript archive).
+            Nothing from it was executed.
+        CorruptCheckpointError: anything else that is not a readable
+            checkpoint (empty, truncated, malformed).
     """
-    if isinstance(path, (str, os.PathLike)):
-        path = osp.expanduser(os.fspath(path))
+    name = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = osp.expanduser(os.fspath(source))
         if not osp.isfile(path):
-            raise FileNotFoundError(f'checkpoint file not found: {path!r}')
+            raise FileNotFoundError(f'checkpoint file not found: {name!r}')
+        f = open(path, 'rb')
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        f = io.BytesIO(bytes(source))
+    else:
+        f = io.BytesIO(source.read())
     try:
-        if _HAS_SAFE_GLOBALS:
-            with torch.serialization.safe_globals(
-                    [(o, n) for o, n in _safe_global_pairs()]):
-                return torch.load(path, map_location=map_location,
-                                  weights_only=True)
-        return torch.load(path, map_location=map_location,
-                          weights_only=False,
-                          pickle_module=_restricted_pickle_module())
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError,
-            zipfile.BadZipFile, UnicodeDecodeError, KeyError, IndexError,
-            TypeError, AttributeError, OSError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise _classify(path, err) from err
+        with f:
+            size = os.fstat(f.fileno()).st_size if hasattr(f, 'fileno') \
+                and not isinstance(f, io.BytesIO) else len(f.getbuffer())
+            head = f.read(16)
+            f.seek(0)
+            if not head:
+                raise CorruptCheckpointError('the file is empty')
+            if is_safetensors(head):
+                return _load_safetensors(f.read(), map_location)
+            if head.startswith(_ZIP_MAGIC):
+                _check_zip(f, size)
+                return _torch_load(f, map_location, size)
+            # legacy torch.save / raw pickle: as bytes, so torch never
+            # tries its tar reader on the file
+            return _torch_load(io.BytesIO(f.read()), map_location, size)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(
+            f'{name}: refused to load: {e}. Nothing from the file was '
+            'executed. Only tensors, containers, numbers, strings, numpy '
+            'arrays, MMEngine message-hub data and yacs configs load; if '
+            'you trust the file, load it yourself and re-save its tensors '
+            '(tools/model_converters/polaformer_to_mmpola.py writes '
+            '.safetensors).') from None
+    except CorruptCheckpointError as e:
+        raise CorruptCheckpointError(
+            f'{name}: cannot read checkpoint: {e}') from None
+    except Exception as e:  # whatever torch or the format raised
+        first = escape(str(e).splitlines()[0] if str(e) else '', 200)
+        raise CorruptCheckpointError(
+            f'{name}: cannot read checkpoint: not a readable PyTorch '
+            f'checkpoint ({type(e).__name__}: {first})') from None
+
+
+# ------------------------------------------------------------- MMEngine
+
+
+def _download(url, model_dir=None, progress=True):
+    """The cached file for ``url`` (downloaded once): torch.hub's cache
+    folder and naming, without ``torch.hub``'s loader."""
+    from urllib.parse import urlparse
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    filename = osp.basename(urlparse(url).path)
+    if filename in ('', '.', '..'):
+        raise ValueError(f'{escape(url, 300)}: the URL names no file')
+    cached = osp.join(model_dir, filename)
+    if not osp.exists(cached):
+        os.makedirs(model_dir, exist_ok=True)
+        torch.hub.download_url_to_file(url, cached, None, progress=progress)
+    return cached
+
+
+def load_from_http(filename, map_location=None, model_dir=None,
+                   progress=False):
+    """``http(s)://``: rank 0 downloads into the hub cache first (as
+    MMEngine does), every rank reads the cached file with
+    :func:`safe_load`."""
+    from mmengine.dist import get_dist_info
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        cached = _download(filename, model_dir, progress)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            cached = _download(filename, model_dir, progress)
+    return safe_load(cached, map_location)
+
+
+def load_from_local(filename, map_location=None):
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return safe_load(filename, map_location)
+
+
+def load_from_torchvision(filename, map_location=None):
+    """``torchvision://NAME`` (and the deprecated ``modelzoo://``):
+    MMEngine's table of torchvision URLs, then :func:`load_from_http`."""
+    from mmengine.runner import checkpoint as ckpt
+    name = filename.split('://', 1)[1]
+    return load_from_http(ckpt.get_torchvision_models()[name], map_location)
+
+
+def load_from_openmmlab(filename, map_location=None):
+    """``open-mmlab://NAME``: MMEngine's model table (with its deprecated
+    names and ``$MMENGINE_HOME/open_mmlab.json``); URLs go through
+    :func:`load_from_http`, local entries through :func:`safe_load`."""
+    from mmengine.runner import checkpoint as ckpt
+    name = filename.split('://', 1)[1]
+    name = ckpt.get_deprecated_model_names().get(name, name)
+    url = ckpt.get_external_models()[name]
+    if url.startswith(('http://', 'https://')):
+        return load_from_http(url, map_location)
+    return load_from_local(osp.join(ckpt._get_mmengine_home(), url),
+                           map_location)
+
+
+def load_from_mmcls(filename, map_location=None):
+    from mmengine.runner import checkpoint as ckpt
+    url = ckpt.get_mmcls_models()[filename[len('mmcls://'):]]
+    return ckpt._process_mmcls_checkpoint(load_from_http(url, map_location))
+
+
+def load_from_ceph(filename, map_location=None, backend='petrel'):
+    """``s3://`` / ``petrel://``: the bytes from MMEngine's file backend."""
+    from mmengine.fileio import get_file_backend
+    data = get_file_backend(filename, backend_args={'backend': backend}).get(
+        filename)
+    buffer = io.BytesIO(data)
+    buffer.name = filename
+    return safe_load(buffer, map_location)
+
+
+def load_from_pavi(filename, map_location=None):
+    """``pavi://``: downloaded with pavi's model cloud into a temporary
+    folder, read with :func:`safe_load`."""
+    from tempfile import TemporaryDirectory
+    try:
+        from pavi import modelcloud
+    except ImportError:
+        raise ImportError(
+            'Please install pavi to load checkpoint from modelcloud.') from None
+    model = modelcloud.get(filename[len('pavi://'):])
+    with TemporaryDirectory() as tmp_dir:
+        downloaded = osp.join(tmp_dir, osp.basename(model.name))
+        model.download(downloaded)
+        return safe_load(downloaded, map_location)
+
+
+SCHEMES = {
+    '': load_from_local,
+    ('http://', 'https://'): load_from_http,
+    ('modelzoo://', 'torchvision://'): load_from_torchvision,
+    ('open-mmlab://', 'openmmlab://'): load_from_openmmlab,
+    'mmcls://': load_from_mmcls,
+    (r'(\S+\:)?s3://', r'(\S+\:)?petrel://'): load_from_ceph,
+    'pavi://': load_from_pavi,
+}
 
 
 def register_mmengine_loader():
-    """Make MMEngine read local checkpoint files with :func:`safe_load`
-    (MMEngine's ``load_from_local`` calls ``torch.load`` with torch's
-    default, which on torch >= 2.6 refuses MMEngine's own checkpoints)."""
+    """Make every MMEngine checkpoint scheme read through :func:`safe_load`
+    (``load_from``, ``resume``, ``init_cfg=Pretrained``,
+    ``mmengine.runner.load_checkpoint``, ``CheckpointLoader``). MMEngine
+    fetches the bytes as before (downloads, cache, file backends); none of
+    its loaders calls ``torch.load`` any more."""
     from mmengine.runner.checkpoint import CheckpointLoader
-
-    @CheckpointLoader.register_scheme(prefixes='', force=True)
-    def load_from_local(filename, map_location):
-        return safe_load(filename, map_location)
+    for prefixes, loader in SCHEMES.items():
+        CheckpointLoader.register_scheme(
+            list(prefixes) if isinstance(prefixes, tuple) else prefixes,
+            loader, force=True)
