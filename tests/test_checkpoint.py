@@ -1,6 +1,5 @@
 """Released checkpoints: reading, key mapping, resizing, clear errors."""
 import sys
-from collections import OrderedDict
 
 import pytest
 import torch

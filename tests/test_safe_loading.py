@@ -386,3 +386,249 @@ def test_door_analysis_checkpoint(hostile, tmp_path):
     assert str(path) in proc.stderr and 'system' in proc.stderr, \
         proc.stderr[-2000:]
     assert not marker.exists()
+
+
+# ------------------------------------------- crafted attacks (issue 27)
+
+
+def _craft(path, pkl, as_zip=True):
+    """A file holding the hand-written pickle ``pkl`` (a torch zip's
+    data.pkl, or the raw stream)."""
+    from mmpola.testing.fuzz import torch_zip
+    path.write_bytes(torch_zip(pkl) if as_zip else pkl)
+    return path
+
+
+def _g(name):
+    module, _, attr = name.rpartition('.')
+    return b'c' + module.encode() + b'\n' + attr.encode() + b'\n'
+
+
+def _s(text):
+    data = text.encode()
+    return b'X' + len(data).to_bytes(4, 'little') + data
+
+
+def _class_state():
+    """What a hostile file could try to change, process-wide."""
+    import collections
+    HistoryBuffer()  # MMEngine's own defaults are registered on first use
+    return (dict(HistoryBuffer._statistics_methods),
+            dict(vars(collections.Counter)), dict(vars(OrderedDict)),
+            dict(vars(HistoryBuffer)), dict(vars(nn.Parameter)))
+
+
+class _Stat:
+    def __init__(self, obj, name):
+        self.obj, self.name = obj, name
+
+    def __reduce__(self):
+        return (getattr, (self.obj, self.name))
+
+
+def _save_buffer_with_statistics(obj, path, fmt):
+    """Save ``obj`` while MMEngine's class-wide statistics name two dunders:
+    every HistoryBuffer in it then pickles them in its state (the gadget:
+    its real ``__setstate__`` widened a class-wide allow-list on load)."""
+    saved = dict(HistoryBuffer._statistics_methods)
+    HistoryBuffer._statistics_methods.update(
+        __getattribute__=HistoryBuffer.mean, __init__=HistoryBuffer.max)
+    try:
+        torch.save(obj, path, _use_new_zipfile_serialization=fmt == 'zip')
+    finally:
+        HistoryBuffer._statistics_methods.clear()
+        HistoryBuffer._statistics_methods.update(saved)
+
+
+@pytest.mark.parametrize('fmt', ['zip', 'legacy'])
+def test_history_buffer_state_cannot_widen_anything(tmp_path, fmt):
+    before = _class_state()
+    ok = tmp_path / 'ok.pth'
+    _save_buffer_with_statistics(
+        {'buf': HistoryBuffer([1.0, 1.0], [1, 1], 10)}, ok, fmt)
+    buf = safe_load(ok)['buf']
+    assert type(buf) is HistoryBuffer and buf.current() == 1.0
+    assert _class_state() == before
+    bad = tmp_path / 'bad.pth'
+    _save_buffer_with_statistics(
+        {'buf': HistoryBuffer([1.0], [1], 10),
+         'get': _Stat(HistoryBuffer, '__getattribute__')}, bad, fmt)
+    with pytest.raises(UnsafeCheckpointError, match='__getattribute__'):
+        safe_load(bad)
+    assert _class_state() == before
+
+
+@pytest.mark.parametrize('cls', ['collections.Counter',
+                                 'collections.OrderedDict',
+                                 'mmengine.logging.history_buffer.'
+                                 'HistoryBuffer',
+                                 'torch.nn.parameter.Parameter'])
+@pytest.mark.parametrize('as_zip', [True, False])
+def test_build_on_a_class_is_refused(tmp_path, cls, as_zip):
+    """BUILD with a dict on an allow-listed *class* would set class
+    attributes for the whole process."""
+    before = _class_state()
+    pkl = (b'\x80\x02' + _g(cls) + b'}' + _s('fromkeys') + _g('builtins.set')
+           + b's' + _s('_statistics_methods') + b'}' + b's' + b'b.')
+    path = _craft(tmp_path / 'build.pth', pkl, as_zip)
+    with pytest.raises(UnsafeCheckpointError, match=str(path)):
+        safe_load(path)
+    assert _class_state() == before
+
+
+def test_tensor_rebuild_cannot_call_anything(tmp_path):
+    """torch's _rebuild_from_type_v2 calls the function it is handed."""
+    pkl = (b'\x80\x02' + _g('torch._tensor._rebuild_from_type_v2') + b'('
+           + _g('builtins.getattr') + _g('torch.Tensor') + b')' + b'N'
+           + b'tR.')
+    with pytest.raises(UnsafeCheckpointError, match='getattr'):
+        safe_load(_craft(tmp_path / 'fromtype.pth', pkl))
+    pkl = (b'\x80\x02' + _g('torch._tensor._rebuild_from_type_v2') + b'('
+           + _g('collections.Counter') + _g('torch.Tensor') + b')' + b'N'
+           + b'tR.')
+    with pytest.raises(UnsafeCheckpointError, match='Counter'):
+        safe_load(_craft(tmp_path / 'fromtype2.pth', pkl))
+
+
+class _Dtype:
+    def __init__(self, args, state):
+        self.args, self.state = args, state
+
+    def __reduce__(self):
+        return (np.dtype, self.args, self.state)
+
+
+class _Array:
+    def __init__(self, dtype, raw):
+        self.dtype, self.raw = dtype, raw
+
+    def __reduce__(self):
+        from numpy.core.multiarray import _reconstruct
+        return (_reconstruct, (np.ndarray, (0, ), b'b'),
+                (1, (1, ), self.dtype, False, self.raw))
+
+
+@pytest.mark.parametrize('dtype', [
+    _Dtype(('V8', False, True), (3, '|', None, ('a', ), {'a': (
+        np.dtype('O'), 16)}, 8, 1, 0x3f)),  # object field at a bogus offset
+    _Dtype(('O8', False, True), (3, '|', None, None, None, -1, -1, 0x3f)),
+    _Dtype(('f8', False, True), (3, '<', (np.dtype('O'), (1, )), None, None,
+                                 -1, -1, 0)),  # an object sub-array
+    _Dtype(('U1', False, True), (3, '<', None, None, None, 4, 4, 8)),
+], ids=['void-object-field', 'object', 'subarray', 'unicode'])
+def test_numpy_dtypes_other_than_plain_numbers_are_refused(tmp_path, dtype):
+    """Run in a subprocess: the void dtype used to crash the process."""
+    path = tmp_path / 'np.pth'
+    torch.save({'a': _Array(dtype, b'\x01' * 8)}, path)
+    code = ('import sys; from mmpola.utils.torch_load import safe_load\n'
+            'try:\n    safe_load(sys.argv[1])\n'
+            'except Exception as e:\n    print(type(e).__name__, e)')
+    proc = subprocess.run([sys.executable, '-c', code, str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith('UnsafeCheckpointError'), proc.stdout
+    assert 'numpy dtype' in proc.stdout
+
+
+@pytest.mark.parametrize('pkl, kind, text', [
+    (b'\x80\x02' + _s('abc') + b'Q.', CorruptCheckpointError,
+     'not a torch storage'),
+    (b'\x80\x02(' + _s('storage') + _g('torch.FloatStorage') + _s('0')
+     + _s('cpu') + b'\x8a\x05\x00\x00\x00\x00\x01tQ.', CorruptCheckpointError,
+     'larger than the file'),
+    (b'\x80\x02(i__main__\nX\n.', UnsafeCheckpointError, 'INST'),
+    (b'\x80\x02(' + _g('builtins.object') + b'o.', UnsafeCheckpointError,
+     'builtins.object'),
+    (b'\x80\x02\x82\x01.', UnsafeCheckpointError, 'EXT1'),
+    (b'\x80\x02' + _s('x') + b'\x94' + _g('copyreg._reconstructor') + b'.',
+     UnsafeCheckpointError, 'copyreg._reconstructor'),
+], ids=['string-persistent-id', 'oversized-storage', 'INST', 'OBJ', 'EXT1',
+        'reconstructor'])
+def test_crafted_streams_end_in_a_named_error(tmp_path, pkl, kind, text):
+    # as a raw stream torch reads a magic number first, with no storage
+    # types: the storage id is refused before its size is checked
+    raw = text != 'larger than the file'
+    for as_zip in (True, False)[:1 + raw]:
+        path = _craft(tmp_path / f'c{as_zip}.pth', pkl, as_zip)
+        with pytest.raises(kind) as info:
+            safe_load(path)
+        assert str(path) in str(info.value) and text in str(info.value)
+
+
+def test_refused_names_are_escaped_and_truncated(tmp_path):
+    name = 'evil\x1b[31m\n' * 50 + '.payload'
+    path = _craft(tmp_path / 'names.pth', b'\x80\x02' + _g(name) + b'.')
+    with pytest.raises(UnsafeCheckpointError) as info:
+        safe_load(path)
+    msg = str(info.value)
+    assert msg.isprintable() and '\x1b' not in msg and 'evil' in msg
+    assert len(msg) < 1000
+
+
+def test_torchscript_archives_never_reach_torch_jit(tmp_path, monkeypatch):
+    module = torch.jit.script(nn.Linear(2, 2))
+    path = tmp_path / 'scripted.pt'
+    torch.jit.save(module, str(path))
+    monkeypatch.setattr(torch.jit, 'load', lambda *a, **k: pytest.fail(
+        'torch.jit.load was called'))
+    with pytest.raises(UnsafeCheckpointError, match='TorchScript'):
+        safe_load(path)
+    with pytest.raises(UnsafeCheckpointError, match='TorchScript'):
+        CheckpointLoader.load_checkpoint(str(path))
+
+
+def test_legacy_tar_files_are_never_extracted(tmp_path):
+    """torch.load's oldest (tar) reader extracts members to disk: a file is
+    handed to torch as bytes, so that reader never runs."""
+    import tarfile
+    path = tmp_path / 'old.tar'
+    inner = tmp_path / 'storages'
+    inner.write_bytes(b'x')
+    with tarfile.open(path, 'w') as tar:
+        tar.add(inner, arcname='storages')
+    with pytest.raises(CorruptCheckpointError, match=str(path)):
+        safe_load(path)
+
+
+def test_forced_weights_only_uses_torchs_reader(tmp_path, monkeypatch):
+    path = tmp_path / 'sd.pth'
+    torch.save({'w': torch.ones(2)}, path)
+    monkeypatch.setenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '1')
+    assert safe_load(path)['w'].sum() == 2
+    marker = write_hostile(tmp_path / 'evil.pth', 'zip')
+    with pytest.raises((UnsafeCheckpointError, CorruptCheckpointError)):
+        safe_load(tmp_path / 'evil.pth')
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------ safetensors
+
+
+def test_converter_writes_safetensors_every_route_reads_it(tmp_path):
+    from safetensors.torch import load_file
+    src = tmp_path / 'pola_pvt_tiny.pth'
+    make_official_checkpoint('pola_pvt_tiny', str(src))
+    outs = {}
+    for ext in ('pth', 'safetensors'):
+        outs[ext] = tmp_path / f'converted.{ext}'
+        proc = subprocess.run(
+            [sys.executable, 'tools/model_converters/polaformer_to_mmpola.py',
+             str(src), str(outs[ext])], cwd=ROOT, capture_output=True,
+            text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    pth = safe_load(outs['pth'])['state_dict']
+    st = safe_load(outs['safetensors'])
+    assert set(st) == set(pth) == set(load_file(str(outs['safetensors'])))
+    for k in pth:
+        assert torch.equal(st[k], pth[k])
+    assert torch.equal(read_checkpoint(str(outs['safetensors']))[
+        'head.fc.weight'], pth['head.fc.weight'])
+    model = MODELS.build(dict(type='PolaPVT', arch='tiny', init_cfg=dict(
+        type='Pretrained', checkpoint=str(outs['safetensors']))))
+    model.init_weights()
+    key = 'patch_embed1.projection.weight'
+    assert torch.equal(model.state_dict()[key], pth['backbone.' + key])
+    whole = nn.Module()
+    whole.backbone = MODELS.build(dict(type='PolaPVT', arch='tiny'))
+    load_checkpoint(whole, str(outs['safetensors']), strict=False)
+    assert torch.equal(whole.backbone.state_dict()[key], pth['backbone.' + key])

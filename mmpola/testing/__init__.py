@@ -1,4 +1,5 @@
 """Helpers for tests and demos: released-layout checkpoints, fixtures."""
+import contextlib
 import json
 import os.path as osp
 import sys
@@ -78,16 +79,27 @@ def make_official_checkpoint(name, path, seed=0):
     cfg, module = _fake_yacs_config()
     ckpt = dict(model=state, optimizer={'state': {}, 'param_groups': []},
                 lr_scheduler={}, max_accuracy=78.8, epoch=299, config=cfg)
+    with _yacs_modules(module), open(path, 'wb') as f:
+        torch.save(ckpt, f)  # torch.save's defaults, as released
+    return state
+
+
+@contextlib.contextmanager
+def _yacs_modules(module):
+    """``yacs.config`` importable as ``module`` while the fake config is
+    pickled (by name, as yacs' own class); nothing when ``module`` is
+    None."""
+    if module is None:
+        yield
+        return
     saved = {m: sys.modules.get(m) for m in ('yacs', 'yacs.config')}
     sys.modules['yacs'] = types.ModuleType('yacs')
     sys.modules['yacs.config'] = module
     try:
-        with open(path, 'wb') as f:  # torch.save's defaults, as released
-            torch.save(ckpt, f)
+        yield
     finally:
         for m, old in saved.items():
             if old is None:
                 sys.modules.pop(m, None)
             else:
                 sys.modules[m] = old
-    return state
