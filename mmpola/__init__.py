@@ -2,9 +2,8 @@
 
 ``import mmpola`` registers ``PolaPVT`` and ``PolaSwin`` in MMEngine's root
 ``MODELS`` registry (visible from mmdet, mmseg and mmpretrain) and makes
-MMEngine load local checkpoints without running pickled code
-(``mmpola.utils.torch_load``: torch's weights-only reader with a small
-allow-list, never less strict than torch's default). In a OneDL
+MMEngine read checkpoints of every scheme without running code from them
+(``mmpola.utils.torch_load``, SECURITY.md). In a OneDL
 environment it also lets ``mmseg::`` / ``mmdet::`` / ``mmpretrain::`` base
 configs resolve (``mmpola.utils.imports.onedl_config_scopes``).
 """

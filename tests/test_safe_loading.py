@@ -297,8 +297,13 @@ def test_mmengine_checkpoint_resumes(tmp_path):
         torch.load(ckpt, weights_only=True)
     state = safe_load(ckpt)
     assert state['meta']['iter'] == 4
-    assert isinstance(state['message_hub']['log_scalars']['train/loss'],
-                      HistoryBuffer)
+    loss = state['message_hub']['log_scalars']['train/loss']
+    assert type(loss) is HistoryBuffer
+    saved = first.message_hub.get_scalar('train/loss')
+    for got, want in zip(loss.data, saved.data):  # statistics intact
+        np.testing.assert_array_equal(got, want)
+    assert loss.mean() == saved.mean() and loss.max_length == \
+        saved.max_length
     second = _runner(tmp_path, 6, load_from=str(ckpt), resume=True)
     second.load_or_resume()
     assert second.iter == 4
