@@ -15,3 +15,10 @@ __version__ = '0.1.0'
 
 register_mmengine_loader()
 onedl_config_scopes()
+
+try:  # the released classifiers as timm models, when timm is installed
+    import timm  # noqa: F401
+except ImportError:
+    pass
+else:
+    from . import timm_models  # noqa: F401

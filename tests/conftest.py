@@ -65,3 +65,17 @@ def pytest_collection_modifyitems(config, items):
         if (item.fspath.basename in SLOW_FILES
                 or item.originalname in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_addoption(parser):
+    parser.addoption('--device', default=None,
+                     help='device the tests run on (default: cuda when '
+                     'available, else cpu)')
+
+
+@pytest.fixture(scope='session')
+def device(request):
+    import torch
+    name = request.config.getoption('--device') or (
+        'cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
