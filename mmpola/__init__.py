@@ -16,3 +16,10 @@ __version__ = '0.1.0'
 
 register_mmengine_loader()
 onedl_config_scopes()
+
+from . import hub  # noqa: E402  (mmpretrain names; released classifiers)
+hub.enable_released_classifiers()
+try:
+    hub.register_model_index()
+except ImportError:  # no MMPretrain: nothing to list by name
+    pass
