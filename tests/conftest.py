@@ -19,6 +19,32 @@ def coco_root(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def photo():
+    """A real photograph shipped by an installed package: matplotlib's
+    sample image of Grace Hopper (600 x 512 pixels, JPEG)."""
+    from matplotlib.cbook import get_sample_data
+    return get_sample_data('grace_hopper.jpg', asfileobj=False)
+
+
+@pytest.fixture(scope='session')
+def released_file(tmp_path_factory):
+    """``released_file('pola_pvt_tiny')``: the path of a random-valued
+    checkpoint in the released layout (:mod:`mmpola.testing`), written once
+    per session."""
+    from mmpola.testing import make_official_checkpoint
+    root = tmp_path_factory.mktemp('released')
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = root / f'{name}.pth'
+            make_official_checkpoint(name, str(made[name]))
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope='session')
 def run_tool():
     """``run_tool('tools/train.py', *args)`` from the repo root; returns the
     combined output and fails the test, showing it, if the tool fails."""
