@@ -26,6 +26,7 @@ import warnings
 
 import torch
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
 import mmpola  # noqa: F401  (registers the backbones and the model names)
 
@@ -100,11 +101,14 @@ def run(files, model, scope, weights, out_dir, device, score_thr):
         inferencer = MMSegInferencer(model, weights=weights, device=device)
         return inferencer(files, out_dir=out_dir)
     from mmpretrain.apis import ImageClassificationInferencer
-    inferencer = ImageClassificationInferencer(
-        model, pretrained=weights or False, device=device)
     vis_dir = osp.join(out_dir, 'vis')
     os.makedirs(vis_dir, exist_ok=True)
-    results = inferencer(files, show_dir=vis_dir)
+    # MMPretrain's inferencer builds its pipeline in the current default
+    # scope (the mmdet / mmseg inferencers set theirs)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        inferencer = ImageClassificationInferencer(
+            model, pretrained=weights or False, device=device)
+        results = inferencer(files, show_dir=vis_dir)
     os.makedirs(osp.join(out_dir, 'preds'), exist_ok=True)
     for path, result in zip(files, results):
         stem = osp.splitext(osp.basename(path))[0]
