@@ -145,3 +145,38 @@ def test_metafile_weights_name_the_released_file():
             assert model['Weights'] == RESOLVE + model['Converted From'][
                 'File'], model['Name']
             assert model['Results'][0]['Task'] == 'Image Classification'
+
+
+def test_tools_test_py_takes_a_released_file(released_file, tmp_path,
+                                             monkeypatch):
+    """``tools/test.py CONFIG pola_pvt_tiny.pth``: the Runner's load goes
+    through the same classifier hook (no conversion step)."""
+    import runpy
+
+    from mmengine.config import Config
+
+    from mmpola.datasets import make_imagenet
+    data = tmp_path / 'imagenet'
+    make_imagenet(str(data), num_classes=2, per_class=1, img_size=(72, 80),
+                  num_val_per_class=1)
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/mmpretrain/pola_pvt/pola-pvt-tiny_8xb128_in1k.py'))
+    loader = cfg.test_dataloader
+    loader.update(batch_size=2, num_workers=0, persistent_workers=False)
+    loader.dataset.data_root = str(data)
+    for t in loader.dataset.pipeline:
+        for key in ('scale', 'crop_size'):
+            if key in t:
+                t[key] = 64
+    cfg.val_dataloader = loader
+    cfg.visualizer.name = f'visualizer_{tmp_path.name}'
+    cfg.dump(str(tmp_path / 'cfg.py'))
+    monkeypatch.setattr(sys, 'argv', [
+        'tools/test.py', str(tmp_path / 'cfg.py'),
+        str(released_file('pola_pvt_tiny')), '--work-dir', str(tmp_path)])
+    runpy.run_path(osp.join(ROOT, 'tools', 'test.py'), run_name='__main__')
+    log_file, = glob.glob(str(tmp_path / '*' / '*.log'))
+    with open(log_file) as f:
+        log = f.read()
+    assert 'released PolaFormer weights mapped to backbone.*' in log
+    assert 'accuracy/top1' in log
