@@ -26,6 +26,7 @@ Example:
 import os.path as osp
 
 import torch
+import yaml
 from mmengine.logging import print_log
 
 from .checkpoint import convert_released, detect_family, is_released_layout
@@ -34,7 +35,6 @@ __all__ = ['register_model_index', 'enable_released_classifiers',
            'released_classifier_filter', 'classification_metafiles']
 
 _PACKAGE = osp.dirname(osp.abspath(__file__))
-_registered = False
 
 
 def _zoo_root():
@@ -49,7 +49,6 @@ def _zoo_root():
 def classification_metafiles(root=None):
     """The metafiles of ``configs/mmpretrain`` that ``model-index.yml``
     imports (absolute paths)."""
-    import yaml
     root = root or _zoo_root()
     with open(osp.join(root, 'model-index.yml'), encoding='utf-8') as f:
         imports = yaml.safe_load(f)['Import']
@@ -57,23 +56,29 @@ def classification_metafiles(root=None):
             if p.replace('\\', '/').startswith('configs/mmpretrain/')]
 
 
+def _model_names(metafile):
+    with open(metafile, encoding='utf-8') as f:
+        return [m['Name'].lower() for m in yaml.safe_load(f)['Models']]
+
+
 def register_model_index():
     """Register mmpola's classification models in MMPretrain's ``ModelHub``
-    (once per process). Raises ``ImportError`` without MMPretrain.
+    (a metafile whose models are all known already is skipped, so calling
+    it again is harmless). Raises ``ImportError`` without MMPretrain.
 
-    Returns the names registered by this call (empty when already done).
+    Returns the names this call registered.
     """
-    global _registered
     from mmpretrain.apis import ModelHub
-    if _registered:
-        return []
     root = _zoo_root()
-    before = set(ModelHub._models_dict)
+    registered = []
     for metafile in classification_metafiles(root):
+        names = _model_names(metafile)
+        if all(ModelHub.has(name) for name in names):
+            continue
         # Config paths in the metafiles are relative to the zoo root.
         ModelHub.register_model_index(metafile, config_prefix=root)
-    _registered = True
-    return sorted(set(ModelHub._models_dict) - before)
+        registered += names
+    return registered
 
 
 # ------------------------------------------------ released -> classifier
