@@ -97,7 +97,9 @@ def _released_state(state_dict, prefix):
                  and not isinstance(state_dict[k], torch.Tensor)]
         sd = {(k[7:] if k.startswith('module.') else k): v
               for k, v in nested.items()}
-        return sd, owned
+        if is_released_layout(sd) and detect_family(sd):
+            return sd, owned
+        return None
     mine = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
     classifier_keys = ('backbone.', 'neck.', 'head.fc.', 'data_preprocessor.')
     bare = {k: state_dict[full] for k, full in mine.items()
@@ -130,8 +132,10 @@ def released_classifier_filter(backbone, state_dict, prefix, *args):
     converted, head, dropped = convert_released(sd, family)
     for key in owned:
         del state_dict[key]
-    state_dict.update((f'{prefix}backbone.{k}', v) for k, v in converted.items())
-    state_dict.update((f'{prefix}head.fc.{k[5:]}', v) for k, v in head.items())
+    state_dict.update(
+        (f'{prefix}backbone.{k}', v) for k, v in converted.items())
+    state_dict.update(
+        (f'{prefix}head.fc.{k[5:]}', v) for k, v in head.items())
     print_log(
         f'{type(backbone).__name__} classifier: released PolaFormer weights '
         f'mapped to backbone.* ({len(converted)} tensors) and head.fc.* '

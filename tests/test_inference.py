@@ -171,7 +171,8 @@ print(type(det.model.backbone).__name__, type(seg.model.backbone).__name__,
         env=dict(__import__('os').environ, OMP_NUM_THREADS='1'),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert proc.stdout.strip().splitlines()[-1] == 'PolaPVT PolaPVT PolaPVT True'
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == 'PolaPVT PolaPVT PolaPVT True'
 
 
 # ---------------------------------------------------------- tools/image_demo
@@ -201,8 +202,8 @@ def photo_dir(photo, tmp_path_factory):
 
 
 def test_image_demo_detection(photo, tmp_path, monkeypatch, capsys):
-    written = _demo(monkeypatch, capsys, photo,
-                    'configs/mmdet/pola_pvt/retinanet_pola-pvt-t_fpn_1x_coco.py',
+    config = 'configs/mmdet/pola_pvt/retinanet_pola-pvt-t_fpn_1x_coco.py'
+    written = _demo(monkeypatch, capsys, photo, config,
                     '--out-dir', tmp_path, '--device', 'cpu')
     assert written == [str(tmp_path / 'vis' / 'grace_hopper.jpg')]
     assert _size(written[0]) == _size(photo)
@@ -212,8 +213,8 @@ def test_image_demo_detection(photo, tmp_path, monkeypatch, capsys):
 
 def test_image_demo_segmentation_on_a_folder(photo_dir, tmp_path,
                                              monkeypatch, capsys):
-    written = _demo(monkeypatch, capsys, photo_dir,
-                    'configs/mmseg/pola_pvt/fpn_pola-pvt-t_8xb2-40k_ade20k-512x512.py',
+    config = 'configs/mmseg/pola_pvt/fpn_pola-pvt-t_8xb2-40k_ade20k-512x512.py'
+    written = _demo(monkeypatch, capsys, photo_dir, config,
                     '--out-dir', tmp_path, '--device', 'cpu')
     assert [osp.basename(p) for p in written] == ['hopper.jpg',
                                                   'hopper_crop.png']

@@ -8,7 +8,7 @@ MODEL is a config file of ``configs/mmdet``, ``configs/mmseg`` or
 ``configs/mmpretrain`` (its ``default_scope`` picks MMDetection's
 ``DetInferencer``, MMSegmentation's ``MMSegInferencer`` or MMPretrain's
 ``ImageClassificationInferencer``), or a classification model name
-(``python -c "import mmpola, mmpretrain; print(mmpretrain.list_models('*pola*'))"``).
+(``mmpretrain.list_models('*pola*')`` after ``import mmpola``).
 ``--weights``: a checkpoint trained with that config; classifiers also take
 a released PolaFormer file (``pola_pvt_tiny.pth``) or a converted one.
 Without it the model keeps its random initialisation (a warning says so).

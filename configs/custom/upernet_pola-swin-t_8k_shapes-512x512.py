@@ -59,7 +59,8 @@ train_dataloader = dict(
     batch_size=2,  # images per GPU (the base's)
     dataset=dict(
         **dataset,
-        data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
+        data_prefix=dict(
+            img_path='img_dir/train', seg_map_path='ann_dir/train'),
         pipeline=train_pipeline))
 val_dataloader = dict(
     dataset=dict(
