@@ -77,13 +77,16 @@ def pytest_configure(config):
 
 
 # Whole-tool runs (train / test / dist launchers on generated data, the
-# benchmark's command line), every config's one-step training and the ONNX
-# exports (the dynamo exporter: 10 s each) are the slow tier too: make
+# benchmark's command line, the custom-dataset fine-tuning, the inferencers
+# and the image demo on every config), every config's one-step training and
+# the ONNX exports (the dynamo exporter: 10 s each) are the slow tier: make
 # test-fast (`-m "not slow"`) keeps the unit tests for the edit loop.
 SLOW_FILES = ('test_tools_cls.py', 'test_tools_det.py', 'test_tools_seg.py',
-              'test_tools_launch.py')
+              'test_tools_launch.py', 'test_custom_dataset.py',
+              'test_inference.py')
 SLOW_TESTS = ('test_config_trains_one_step', 'test_benchmark_cli',
-              'test_onnx_export_runs_in_onnxruntime')
+              'test_onnx_export_runs_in_onnxruntime',
+              'test_tools_test_py_takes_a_released_file')
 
 
 def pytest_collection_modifyitems(config, items):
