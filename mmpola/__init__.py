@@ -16,6 +16,13 @@ __version__ = '0.1.0'
 register_mmengine_loader()
 onedl_config_scopes()
 
+from . import hub  # noqa: E402  (mmpretrain names; released classifiers)
+hub.enable_released_classifiers()
+try:
+    hub.register_model_index()
+except ImportError:  # no MMPretrain: nothing to list by name
+    pass
+
 try:  # the released classifiers as timm models, when timm is installed
     import timm  # noqa: F401
 except ImportError:

@@ -19,6 +19,32 @@ def coco_root(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def photo():
+    """A real photograph shipped by an installed package: matplotlib's
+    sample image of Grace Hopper (600 x 512 pixels, JPEG)."""
+    from matplotlib.cbook import get_sample_data
+    return get_sample_data('grace_hopper.jpg', asfileobj=False)
+
+
+@pytest.fixture(scope='session')
+def released_file(tmp_path_factory):
+    """``released_file('pola_pvt_tiny')``: the path of a random-valued
+    checkpoint in the released layout (:mod:`mmpola.testing`), written once
+    per session."""
+    from mmpola.testing import make_official_checkpoint
+    root = tmp_path_factory.mktemp('released')
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = root / f'{name}.pth'
+            make_official_checkpoint(name, str(made[name]))
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope='session')
 def run_tool():
     """``run_tool('tools/train.py', *args)`` from the repo root; returns the
     combined output and fails the test, showing it, if the tool fails."""
@@ -51,13 +77,16 @@ def pytest_configure(config):
 
 
 # Whole-tool runs (train / test / dist launchers on generated data, the
-# benchmark's command line), every config's one-step training and the ONNX
-# exports (the dynamo exporter: 10 s each) are the slow tier too: make
+# benchmark's command line, the custom-dataset fine-tuning, the inferencers
+# and the image demo on every config), every config's one-step training and
+# the ONNX exports (the dynamo exporter: 10 s each) are the slow tier: make
 # test-fast (`-m "not slow"`) keeps the unit tests for the edit loop.
 SLOW_FILES = ('test_tools_cls.py', 'test_tools_det.py', 'test_tools_seg.py',
-              'test_tools_launch.py')
+              'test_tools_launch.py', 'test_custom_dataset.py',
+              'test_inference.py')
 SLOW_TESTS = ('test_config_trains_one_step', 'test_benchmark_cli',
-              'test_onnx_export_runs_in_onnxruntime')
+              'test_onnx_export_runs_in_onnxruntime',
+              'test_tools_test_py_takes_a_released_file')
 
 
 def pytest_collection_modifyitems(config, items):

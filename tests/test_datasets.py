@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from mmpola.datasets import (ADE_BACKGROUND, ADE_OBJECTS, COCO_CLASSES,
-                             make_ade20k, make_coco, make_imagenet)
+                             SEG_CLASSES, make_ade20k, make_coco,
+                             make_imagenet, make_segmentation)
 from mmpola.datasets.synthetic import COCO_COLOURS
 
 
@@ -123,3 +124,37 @@ def test_imagenet_mmpretrain_dataset(imagenet_root):
     folders = CustomDataset(data_root=str(imagenet_root), data_prefix='val')
     assert folders.CLASSES == ('n00000000', 'n00000001', 'n00000002')
     assert folders.get_gt_labels().tolist() == val.get_gt_labels().tolist()
+
+
+def test_segmentation_of_own_classes(tmp_path):
+    """make_segmentation: MMSegmentation's img_dir/ann_dir layout, read by
+    BaseSegDataset with the classes as metainfo; label i is classes[i]
+    (0 the background), 255 unlabelled; each class has its colour."""
+    from mmcv.transforms import LoadImageFromFile
+    from mmseg.datasets import BaseSegDataset
+    from mmseg.datasets.transforms import LoadAnnotations
+    make_segmentation(str(tmp_path), num_train=2, num_val=4,
+                      img_size=[(96, 128), (128, 96)], seed=3)
+    assert sorted(p.name for p in (tmp_path / 'ann_dir' / 'val').iterdir()) \
+        == [f'val_0000{i}.png' for i in range(1, 5)]
+    ds = BaseSegDataset(
+        data_root=str(tmp_path), img_suffix='.jpg', seg_map_suffix='.png',
+        data_prefix=dict(img_path='img_dir/val', seg_map_path='ann_dir/val'),
+        metainfo=dict(classes=SEG_CLASSES), reduce_zero_label=False,
+        pipeline=[LoadImageFromFile(), LoadAnnotations()])
+    assert len(ds) == 4 and ds.metainfo['classes'] == SEG_CLASSES
+    seen = set()
+    for i in range(len(ds)):
+        data = ds[i]
+        seg, img = data['gt_seg_map'], data['img'][..., ::-1]  # BGR -> RGB
+        assert seg.shape == img.shape[:2]
+        values = set(np.unique(seg).tolist())
+        assert 0 in values and 255 in values
+        assert values <= {0, 1, 2, 3, 255}
+        seen |= values
+        for k in values - {0, 255}:
+            colour = COCO_COLOURS[k - 1]
+            assert np.abs(img[seg == k].mean(0) - colour).max() < 40
+    assert len(seen - {0, 255}) >= 2  # objects of several classes
+    with pytest.raises(ValueError, match='background and at least one'):
+        make_segmentation(str(tmp_path / 'x'), classes=('background', ))

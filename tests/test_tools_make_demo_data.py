@@ -11,6 +11,7 @@ TOOL = Path(__file__).resolve().parents[1] / 'tools/misc/make_demo_data.py'
 @pytest.mark.parametrize('fmt, expected', [
     ('coco', 'annotations/instances_val2017.json'),
     ('ade20k', 'annotations/validation/ADE_val_00000001.png'),
+    ('seg', 'ann_dir/val/val_00001.png'),
     ('imagenet', 'meta/val.txt'),
 ])
 def test_make_demo_data(tmp_path, monkeypatch, capsys, fmt, expected):

@@ -24,6 +24,9 @@ from PIL import Image, ImageDraw
 
 COCO_CLASSES = ('rectangle', 'ellipse', 'triangle')
 COCO_COLOURS = ((225, 45, 45), (45, 200, 70), (55, 85, 235))
+# A semantic segmentation set of its own classes: label 0 is the background,
+# 1.. the shapes (see make_segmentation); 255 = unlabelled.
+SEG_CLASSES = ('background', ) + COCO_CLASSES
 
 # ADE20K label values (1-based; 0 = "other", ignored with reduce_zero_label).
 ADE_BACKGROUND = {3: 'sky', 2: 'building', 4: 'floor', 7: 'road'}
@@ -173,6 +176,49 @@ def make_ade20k(root, num_train=32, num_val=8, img_size=(375, 500), seed=0):
             _to_image(img).save(
                 osp.join(root, 'images', split, stem + '.jpg'), quality=92)
             label.save(osp.join(root, 'annotations', split, stem + '.png'))
+    return root
+
+
+def make_segmentation(root, num_train=32, num_val=8, img_size=(256, 320),
+                      seed=0, classes=SEG_CLASSES):
+    """Write a semantic segmentation dataset of its own classes under
+    ``root``, in the layout MMSegmentation's guide suggests for a new
+    dataset (read by ``BaseSegDataset``):
+    ``img_dir/{train,val}/*.jpg`` and ``ann_dir/{train,val}/*.png`` (uint8
+    label maps: ``i`` = ``classes[i]``, 255 = an unlabelled patch).
+
+    ``classes[0]`` is the background (a noisy gradient); each image has one
+    to three objects of the other classes, each class its own colour and
+    shape (rectangle, ellipse, triangle, in turn). Returns ``root``.
+    """
+    if len(classes) < 2:
+        raise ValueError(f'classes: a background and at least one object '
+                         f'class, got {classes!r}')
+    rng = np.random.default_rng(seed)
+    kinds = ('rectangle', 'ellipse', 'triangle')
+    colours = [COCO_COLOURS[i % 3] for i in range(len(classes) - 1)]
+    for split, num in (('train', num_train), ('val', num_val)):
+        for sub in ('img_dir', 'ann_dir'):
+            os.makedirs(osp.join(root, sub, split), exist_ok=True)
+        for i, (h, w) in enumerate(_sizes(img_size, num)):
+            img = _to_image(_noisy_background(rng, h, w))
+            label = Image.new('L', (w, h), 0)
+            draw, draw_label = ImageDraw.Draw(img), ImageDraw.Draw(label)
+            for box in _place_boxes(rng, h, w, int(rng.integers(1, 4)),
+                                    0.2, 0.45):
+                k = int(rng.integers(1, len(classes)))
+                pts = _polygon(rng, kinds[(k - 1) % 3], *box)
+                colour = np.clip(np.add(colours[k - 1],
+                                        rng.integers(-25, 26, 3)), 0, 255)
+                draw.polygon(pts, fill=tuple(int(c) for c in colour))
+                draw_label.polygon(pts, fill=k)
+            x0, y0 = rng.uniform(0, 0.9) * w, rng.uniform(0, 0.9) * h
+            draw_label.ellipse([x0, y0, x0 + 0.06 * w, y0 + 0.06 * h],
+                               fill=255)
+            stem = f'{split}_{i + 1:05d}'
+            img.save(osp.join(root, 'img_dir', split, stem + '.jpg'),
+                     quality=92)
+            label.save(osp.join(root, 'ann_dir', split, stem + '.png'))
     return root
 
 

@@ -2,15 +2,19 @@
 
     python tools/misc/make_demo_data.py coco data/coco_demo --num-train 64
     python tools/misc/make_demo_data.py ade20k data/ade_demo --img-size 375 500
+    python tools/misc/make_demo_data.py seg data/shapes_seg   # own classes
     python tools/misc/make_demo_data.py imagenet data/in_demo --num-classes 4
 
 See ``mmpola.datasets.synthetic`` for the layouts.
 """
 import argparse
 
-from mmpola.datasets import make_ade20k, make_coco, make_imagenet
+from mmpola.datasets import (make_ade20k, make_coco, make_imagenet,
+                             make_segmentation)
 
-DEFAULT_SIZE = dict(coco=(256, 320), ade20k=(375, 500), imagenet=(64, 64))
+DEFAULT_SIZE = dict(coco=(256, 320), ade20k=(375, 500), seg=(256, 320),
+                    imagenet=(64, 64))
+MAKE = dict(coco=make_coco, ade20k=make_ade20k, seg=make_segmentation)
 
 
 def main():
@@ -31,8 +35,8 @@ def main():
         make_imagenet(args.root, args.num_classes, args.num_train, size,
                       args.seed, num_val_per_class=args.num_val)
     else:
-        make = make_coco if args.format == 'coco' else make_ade20k
-        make(args.root, args.num_train, args.num_val, size, args.seed)
+        MAKE[args.format](args.root, args.num_train, args.num_val, size,
+                          args.seed)
     print(f'wrote {args.format}-format data to {args.root}')
 
 

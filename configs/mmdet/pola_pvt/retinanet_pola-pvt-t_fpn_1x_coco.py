@@ -26,3 +26,11 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4))
 
 auto_scale_lr = dict(enable=False, base_batch_size=16)  # 8 GPUs x 2
+
+# Training visibility (docs/training_curves.md): besides the base's periodic
+# checkpoints, keep the best one by box AP ('coco/bbox_mAP': mmdet's
+# CocoMetric key, evaluated after every epoch), as the reported number is
+# the best epoch's. Scalars (losses, lr, every metric) go to
+# work_dir/<time>/vis_data/scalars.json through the base's LocalVisBackend.
+default_hooks = dict(
+    checkpoint=dict(save_best='coco/bbox_mAP', rule='greater'))

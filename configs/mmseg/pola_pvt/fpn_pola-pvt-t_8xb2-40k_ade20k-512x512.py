@@ -61,3 +61,9 @@ param_scheduler = [
 ]
 
 auto_scale_lr = dict(enable=False, base_batch_size=16)  # 8 GPUs x 2
+
+# Training visibility (docs/training_curves.md): besides the base's periodic
+# checkpoints, keep the best one by mIoU (mmseg's IoUMetric key, evaluated
+# at every val_interval). Scalars (losses, lr, metrics) go to
+# work_dir/<time>/vis_data/scalars.json through the base's LocalVisBackend.
+default_hooks = dict(checkpoint=dict(save_best='mIoU', rule='greater'))

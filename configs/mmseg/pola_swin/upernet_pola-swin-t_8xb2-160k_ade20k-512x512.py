@@ -35,3 +35,9 @@ optim_wrapper = dict(
 # power 1.0 to 0 at 160k (Swin authors, Agent-Attention).
 
 auto_scale_lr = dict(enable=False, base_batch_size=16)  # 8 GPUs x 2
+
+# Training visibility (docs/training_curves.md): besides the base's periodic
+# checkpoints, keep the best one by mIoU (mmseg's IoUMetric key, evaluated
+# at every val_interval). Scalars (losses, lr, metrics) go to
+# work_dir/<time>/vis_data/scalars.json through the base's LocalVisBackend.
+default_hooks = dict(checkpoint=dict(save_best='mIoU', rule='greater'))
