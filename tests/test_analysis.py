@@ -12,8 +12,8 @@ from mmpola.analysis import attention_maps as am
 from mmpola.analysis.flops import analyze, pola_attention_flops
 from mmpola.analysis.measure import peak_memory
 from mmpola.models import PolaAttention
-import mmpola.models.pola_attention as pa
-from mmpola.ops.reference import released_pola_core
+import mmpola.layers.pola_attention as pa
+from mmpola.ops import pola_attention_reference as released_pola_core
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,10 +5,9 @@ from mmcv.cnn.bricks.transformer import PatchEmbed
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
-from . import cpu_executor
+from ..layers import PolaAttention, resize_grid_tokens
 from .backbone_utils import (DenseBackboneMixin, PreNormBlock, check_int,
                              static_hw)
-from .pola_attention import PolaAttention, resize_grid_tokens
 
 
 class PolaPVTBlock(PreNormBlock):
@@ -113,9 +112,8 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         check_int('pretrain_img_size', pretrain_img_size, 1)
         self.in_channels = check_int('in_channels', in_channels, 1)
         self.num_features = list(dims)
-        self.out_indices = self.check_out_indices(out_indices)
-        self.check_common_args(out_norms, frozen_stages, init_cfg)
-        self.frozen_stages = frozen_stages
+        self.check_common_args(out_indices, out_norms, frozen_stages,
+                               init_cfg)
         self.pretrain_img_size = pretrain_img_size
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -139,8 +137,6 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
             ]))
         self.pos_drop = nn.Dropout(drop_rate)
         self.add_out_norms(out_norms, norm_cfg)
-        self._freeze_stages()
-        self.register_checkpoint_conversion()
 
     def _stem_modules(self):
         return [self.patch_embed1, self.pos_embed1]
@@ -151,14 +147,6 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
                 getattr(self, f'block{i + 1}')]
 
     def forward(self, x):
-        # the opt-in CPU executor (cpu_executor.py) runs the FFNs only when
-        # the switch is on and the whole model passes its guard
-        if not cpu_executor.executor_applies(self, x):
-            return self._forward(x)
-        with cpu_executor.executing(True):
-            return self._forward(x)
-
-    def _forward(self, x):
         self.check_input(x)
         outs = []
         for i in range(self.num_stages):
@@ -173,11 +161,7 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
                 outs.append(self.format_output(i, x, hw))
             if i < self.num_stages - 1:
                 # (B, C, H, W) for the next patch embedding: a channels-last
-                # view of the tokens (no copy; the conv takes it as it is).
-                # Built by permuting (B, H, W, C): transpose + unflatten
-                # leaves a batch stride of C when B == 1, which the conv
-                # does not recognise as channels-last (a copy to NCHW and
-                # a 6x slower convolution)
+                # view of the tokens, which the conv takes without a copy
                 x = x.reshape(x.shape[0], *hw, x.shape[-1]).permute(
                     0, 3, 1, 2)
         return tuple(outs)

@@ -6,14 +6,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks.transformer import PatchEmbed, PatchMerging
 from mmengine.model import BaseModule, ModuleList
-from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from mmengine.utils import to_2tuple
 
-from . import cpu_executor
+from ..layers import PolaAttention
 from .backbone_utils import (DenseBackboneMixin, PreNormBlock, check_choice,
                              check_int, static_hw)
-from .pola_attention import PolaAttention
 from .windows import PAD_LABEL, shifted_window_attention
 
 ATTN_TYPES = ('pola', 'softmax')
@@ -57,10 +55,6 @@ class WindowMSA(BaseModule):
         self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
-
-    def init_weights(self):
-        super().init_weights()
-        trunc_normal_(self.relative_position_bias_table, std=.02)
 
     def forward(self, x, mask=None):
         B_, N, C = x.shape
@@ -305,9 +299,8 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         check_int('pretrain_img_size', pretrain_img_size, 1)
         self.in_channels = check_int('in_channels', in_channels, 1)
         self.num_stages = len(depths)
-        self.out_indices = self.check_out_indices(out_indices)
-        self.check_common_args(out_norms, frozen_stages, init_cfg)
-        self.frozen_stages = frozen_stages
+        self.check_common_args(out_indices, out_norms, frozen_stages,
+                               init_cfg)
         self.pretrain_img_size = pretrain_img_size
         self.pola_attn_mode = pola_attn_mode
 
@@ -335,8 +328,6 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
             self.num_features.append(dims)
             grid //= 2
         self.add_out_norms(out_norms, norm_cfg)
-        self._freeze_stages()
-        self.register_checkpoint_conversion()
 
     def _stage_modules(self, i):
         return [self.layers[i]]
@@ -345,14 +336,6 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         return [self.patch_embed]
 
     def forward(self, x):
-        # the opt-in CPU executor (cpu_executor.py) runs the FFNs only when
-        # the switch is on and the whole model passes its guard
-        if not cpu_executor.executor_applies(self, x):
-            return self._forward(x)
-        with cpu_executor.executing(True):
-            return self._forward(x)
-
-    def _forward(self, x):
         self.check_input(x)
         x, hw = self.patch_embed(x)
         hw = static_hw(hw)
