@@ -1,11 +1,6 @@
-"""Polarity-aware linear attention (PolaFormer, ICLR 2025) as a layer that
-needs torch alone.
-
-:class:`PolaAttention` holds the parameters in the released checkpoints'
-layout and calls its submodules (``qkvg`` or ``qg`` / ``kv``, ``dwc``,
-``proj``, ``proj_drop``); the arithmetic between them is
-:func:`mmpola.ops.pola_linear_attention`.
-"""
+"""Polarity-aware linear attention (PolaFormer, ICLR 2025): a layer that
+needs torch alone. It calls its submodules; the arithmetic between them is
+:func:`mmpola.ops.pola_linear_attention`."""
 from typing import Optional, Tuple
 
 import torch
@@ -17,10 +12,9 @@ from ..ops import pola_linear_attention
 
 def resize_grid_tokens(tokens: torch.Tensor, src_hw: Tuple[int, int],
                        dst_hw: Tuple[int, int], mode: str) -> torch.Tensor:
-    """Tokens of an (Hs, Ws) grid, (1, Hs*Ws, C), resized to (1, Hd*Wd, C)
-    with ``F.interpolate`` (``mode`` 'bilinear' or 'bicubic',
-    ``align_corners=False``; computed in float32, or float64 for float64
-    tokens). Returned as they are when the sizes agree."""
+    """(1, Hs*Ws, C) grid tokens -> (1, Hd*Wd, C): ``F.interpolate``
+    (``mode`` 'bilinear' / 'bicubic', no corner alignment) in float32 (or
+    float64); the tokens themselves when the sizes agree."""
     src_hw, dst_hw = tuple(src_hw), tuple(dst_hw)
     if src_hw == dst_hw:
         return tokens

@@ -21,12 +21,11 @@ DEFAULT_INIT_CFG = [
 
 
 class PreNormBlock(BaseModule):
-    """Pre-norm block: ``x + drop_path(attn(norm1(x)))``, then ``ffn``
-    (mmcv's FFN, its own residual and drop path).
-
-    Subclasses add ``self.attn`` and may override ``_attention`` (e.g. to
-    run it in shifted windows). ``with_cp`` checkpoints the whole block when
-    the input needs a gradient.
+    """``x + drop_path(attn(norm1(x)))``, then ``ffn`` (mmcv's FFN with its
+    residual and drop path). ``attn`` is a module called as
+    ``attn(x, hw_shape)``; subclasses may set it themselves and override
+    ``_attention`` (e.g. shifted windows). ``with_cp`` checkpoints the
+    block when the input needs a gradient.
 
     Shapes:
         forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
@@ -34,7 +33,7 @@ class PreNormBlock(BaseModule):
 
     def __init__(self, embed_dims, mlp_ratio, drop_rate=0.,
                  drop_path_rate=0., with_cp=False, norm_cfg=dict(type='LN'),
-                 init_cfg=None):
+                 attn=None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
@@ -46,6 +45,8 @@ class PreNormBlock(BaseModule):
                        dropout_layer=dict(type='DropPath',
                                           drop_prob=drop_path_rate),
                        act_cfg=dict(type='GELU'), add_identity=True)
+        if attn is not None:
+            self.attn = attn
 
     def _attention(self, x, hw_shape):
         return self.attn(x, hw_shape)
@@ -69,8 +70,7 @@ def static_hw(hw_shape):
 
 
 def check_int(name, value, low=None):
-    """``value`` as an int >= low (None: unbounded); TypeError or
-    ValueError naming the argument otherwise."""
+    """``value`` if an int >= low; TypeError / ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f'{name} must be an int, got {value!r}')
     if low is not None and value < low:
@@ -86,8 +86,7 @@ def check_choice(name, value, choices):
 
 
 def _init_cfgs(init_cfg):
-    """init_cfg (None, a dict or a list of dicts with a 'type') as a
-    list; TypeError otherwise."""
+    """init_cfg (None, a dict or a list of dicts) as a list."""
     cfgs = [init_cfg] if isinstance(init_cfg, dict) else init_cfg or []
     if not isinstance(cfgs, (list, tuple)) or not all(
             isinstance(c, dict) and 'type' in c for c in cfgs):
@@ -98,14 +97,10 @@ def _init_cfgs(init_cfg):
 
 class DenseBackboneMixin:
     """arch presets, argument checks, output norms, freezing,
-    initialisation and checkpoint conversion of a dense-prediction
-    backbone.
-
-    A backbone using it defines ``arch_zoo``, ``family`` ('pvt' / 'swin'),
-    ``num_stages``, ``num_features``, ``in_channels``, ``frozen_stages``
-    and ``_stage_modules(i)`` / ``_stem_modules()`` (the modules frozen with
-    stage i / with the stem).
-    """
+    initialisation and checkpoint conversion of a backbone that defines
+    ``arch_zoo``, ``family`` ('pvt' / 'swin'), ``num_stages``,
+    ``num_features``, ``in_channels`` and ``_stage_modules(i)`` /
+    ``_stem_modules()`` (what is frozen with stage i / with the stem)."""
 
     def parse_arch(self, arch, essential_keys, per_stage_keys):
         """A preset name (case-insensitive) or a dict with exactly
@@ -167,20 +162,16 @@ class DenseBackboneMixin:
         _init_cfgs(init_cfg)
 
     def add_out_norms(self, out_norms, norm_cfg):
-        """LayerNorm ``norm{i}`` for each output stage i if ``out_norms``;
-        then freezing and the checkpoint converter (the last steps of a
-        backbone's ``__init__``)."""
+        """LayerNorm ``norm{i}`` per output stage i if ``out_norms``, then
+        freezing and the checkpoint converter (end of ``__init__``)."""
         self.out_norms = out_norms
-        # names built beforehand: torch 2.1's Dynamo garbles an f-string
-        # when it resumes after a graph break
+        # names built here: torch 2.1's Dynamo garbles f-strings in forward
         self._out_norm_names = [f'norm{i}' for i in range(self.num_stages)]
         if out_norms:
             for i in self.out_indices:
                 self.add_module(f'norm{i}', build_norm_layer(
                     norm_cfg, self.num_features[i])[1])
         self._freeze_stages()
-        # every load_state_dict (mmengine.runner.load_checkpoint, a
-        # detector's load_from) converts released keys and resizes grids
         from ..checkpoint import released_state_dict_pre_hook
         self._register_load_state_dict_pre_hook(
             released_state_dict_pre_hook, with_module=True)

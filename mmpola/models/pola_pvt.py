@@ -10,32 +10,13 @@ from .backbone_utils import (DenseBackboneMixin, PreNormBlock, check_int,
                              static_hw)
 
 
-class PolaPVTBlock(PreNormBlock):
-    """Pre-norm transformer block with global Pola attention
-    (``norm1``, ``attn``, ``drop_path``, ``norm2``, ``ffn``).
-
-    Shapes:
-        forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
-    """
-
-    def __init__(self, embed_dims, num_heads, mlp_ratio, pretrain_hw,
-                 drop_rate=0., drop_path_rate=0., with_cp=False,
-                 norm_cfg=dict(type='LN', eps=1e-6), init_cfg=None):
-        super().__init__(embed_dims, mlp_ratio, drop_rate, drop_path_rate,
-                         with_cp, norm_cfg, init_cfg)
-        self.attn = PolaAttention(embed_dims, num_heads, pretrain_hw,
-                                  fused_qkvg=False, proj_drop=drop_rate)
-
-
 @MODELS.register_module()
 class PolaPVT(DenseBackboneMixin, BaseModule):
     """Pola-PVT backbone (PolaFormer, ICLR 2025) for any input size.
 
     PVT v1 layout without spatial reduction; every block uses global
-    polarity-aware linear attention. Loads the released ImageNet checkpoints
-    (``init_cfg=dict(type='Pretrained', checkpoint=PATH)``, or
-    ``load_state_dict`` / ``mmengine.runner.load_checkpoint`` of a released
-    file: keys are converted and grids resized on the way in).
+    polarity-aware linear attention. Released checkpoints load through
+    every route (:mod:`mmpola.checkpoint`).
 
     Args:
         arch (str | dict): 'tiny', 'small', 'medium', 'large' (or 't', 's',
@@ -57,9 +38,9 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         with_cp (bool): gradient checkpointing per block.
         norm_cfg (dict): block norms (LayerNorm eps 1e-6 as released); the
             patch embeddings use LayerNorm eps 1e-5 as released.
-        init_cfg (dict | list[dict], optional): MMEngine initialisers, e.g.
-            ``dict(type='Pretrained', checkpoint=PATH)``; position
-            embeddings and Pola parameters are initialised whatever it is.
+        init_cfg (dict | list[dict], optional): MMEngine initialisers
+            (None: the released from-scratch values), e.g.
+            ``dict(type='Pretrained', checkpoint=PATH)``.
 
     Shapes:
         input (B, in_channels, H, W), B >= 1 (an empty batch or an
@@ -129,10 +110,11 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
             self.register_parameter(f'pos_embed{i + 1}', nn.Parameter(
                 torch.zeros(1, grid * grid, dims[i])))
             self.add_module(f'block{i + 1}', ModuleList([
-                PolaPVTBlock(dims[i], num_heads[i], mlp_ratios[i],
-                             (grid, grid), drop_rate=drop_rate,
-                             drop_path_rate=dpr[sum(depths[:i]) + j],
-                             with_cp=with_cp, norm_cfg=norm_cfg)
+                PreNormBlock(dims[i], mlp_ratios[i], drop_rate,
+                             dpr[sum(depths[:i]) + j], with_cp, norm_cfg,
+                             attn=PolaAttention(dims[i], num_heads[i],
+                                                (grid, grid),
+                                                proj_drop=drop_rate))
                 for j in range(depths[i])
             ]))
         self.pos_drop = nn.Dropout(drop_rate)

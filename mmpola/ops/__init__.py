@@ -1,35 +1,24 @@
 """The Pola arithmetic: one function, two implementations, one switch.
 
-:func:`pola_linear_attention` computes polarity-aware linear attention with
+:func:`pola_linear_attention` runs one of
 
-``'reference'``
-    :func:`~mmpola.ops.reference.pola_attention_reference`: the released
-    formulation written literally in plain PyTorch; any device, traceable,
-    compilable, exportable.
-``'fast'``
-    :func:`~mmpola.ops.fast.pola_attention_fast`: the same numbers (tested
-    against the reference, outputs and gradients), regrouped to one power
-    per tensor and one product per side, with a hand-written first-order
-    backward that keeps no feature map.
-``'auto'`` (the default)
-    ``'fast'`` for CPU tensors, ``'reference'`` on other devices.
+* ``'reference'``: :func:`~mmpola.ops.reference.pola_attention_reference`,
+  the released formulation written literally; any device, traceable;
+* ``'fast'``: :func:`~mmpola.ops.fast.pola_attention_fast`, the same
+  numbers regrouped (one power per tensor, one product per side) with a
+  hand-written first-order backward that keeps no feature map; tested
+  against the reference, outputs and gradients;
+* ``'auto'`` (default): ``'fast'`` for CPU tensors, else ``'reference'``.
 
-Whatever is chosen, the reference runs while the call is traced, scripted,
+The reference runs whatever is chosen while a call is traced, scripted,
 compiled or exported (``torch.jit.trace``, both ONNX exporters,
-``torch.compile``, ``torch.export``): the fast core cannot be traced. Both
-compute in float32 (float64 for float64 inputs) with autocast off, and
-return the inputs' dtype: the powers (p up to 5) of ``q / softplus(scale)``
-overflow float16.
+``torch.compile``, ``torch.export``). Both compute in float32 (float64 for
+float64 inputs) with autocast off and return the inputs' dtype: the powers
+(p up to 5) overflow float16.
 
-The switch, in order of precedence: the ``impl=`` argument of one call;
-:func:`set_pola_impl` (or the :func:`pola_impl` context manager); the
-environment variable ``MMPOLA_POLA_IMPL``; ``'auto'``.
-
-Example:
-    >>> import mmpola.ops as ops
-    >>> ops.set_pola_impl('reference')   # every later call
-    >>> with ops.pola_impl('fast'):      # or a block of code
-    ...     pass
+The switch, by precedence: the ``impl=`` argument; :func:`set_pola_impl`
+(or the :func:`pola_impl` context manager); the environment variable
+``MMPOLA_POLA_IMPL``; ``'auto'``.
 """
 import contextlib
 import os
@@ -40,11 +29,8 @@ import torch
 from .fast import pola_attention_fast
 from .reference import pola_attention_reference
 
-__all__ = [
-    'pola_linear_attention', 'set_pola_impl', 'get_pola_impl', 'pola_impl',
-    'pola_attention_reference', 'pola_attention_fast', 'IMPLEMENTATIONS',
-    'ENV_VAR'
-]
+__all__ = ['pola_linear_attention', 'set_pola_impl', 'get_pola_impl',
+           'pola_impl', 'pola_attention_reference', 'pola_attention_fast']
 
 ENV_VAR = 'MMPOLA_POLA_IMPL'
 #: name -> function(q, k, v, p, key_mask)
@@ -101,8 +87,7 @@ if not _CAPTURE_CHECKS:  # torch < 2.3
 
 
 def _is_captured(t: torch.Tensor) -> bool:
-    """Whether the call is being captured into a graph: traced, scripted,
-    compiled or exported (then t may be a fake or functional tensor)."""
+    """Whether the call is traced, scripted, compiled or exported."""
     for check in _CAPTURE_CHECKS:
         if check():
             return True

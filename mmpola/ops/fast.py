@@ -1,20 +1,13 @@
-"""The fast Pola core: the released arithmetic regrouped, with a
-hand-written backward (implementation ``'fast'`` of
-:func:`mmpola.ops.pola_linear_attention`).
+"""The fast Pola core (``'fast'`` of :func:`mmpola.ops.pola_linear_attention`):
+the released arithmetic (:mod:`mmpola.ops.reference`) regrouped.
 
-Regrouping (the released formulation is in :mod:`mmpola.ops.reference`):
-``q_opp @ M == q_sim @ swap(M)``, where ``swap`` exchanges the two row
-halves of M, so both numerators and both normalisers come out of one
-product ``q_sim @ W``, W (2d, d + 2) built from the key sums
-``M = k'^T [v, 1] / n``; ``q_opp`` is never built. One power per tensor:
-``|x|**p = exp(p * log|x|)`` is ``relu(x)**p`` where x > 0 and
-``relu(-x)**p`` elsewhere. The backward keeps q, k, v and W only (it
-recomputes the 2d-wide features), so training keeps no feature map.
-
-An autograd Function, first-order (differentiating its gradients again
-raises "trying to differentiate twice") and not traceable:
-:func:`mmpola.ops.pola_linear_attention` runs the reference while a call is
-traced, compiled or exported.
+``q_opp @ M == q_sim @ swap(M)`` (``swap`` exchanges M's row halves), so
+both numerators and both normalisers come out of one product
+``q_sim @ W``, W (2d, d + 2) built from the key sums ``M = k'^T [v, 1] / n``.
+One power per tensor: ``|x|**p = exp(p * log|x|)`` is ``relu(x)**p`` where
+x > 0 and ``relu(-x)**p`` elsewhere. The hand-written backward keeps q, k, v
+and W only (it recomputes the features). First-order (differentiating its
+gradients again raises "trying to differentiate twice"), not traceable.
 """
 import math
 
