@@ -11,12 +11,14 @@ OUT`` installs the wheels of ``make gpu-wheels`` first)::
    ``OUT/pytest.log``, ``OUT/pytest.xml`` and ``OUT/tests.csv`` (one row per
    test: name, outcome, seconds).
 2. ``tools/analysis/benchmark.py --device DEVICE``: Pola-PVT-T / Pola-Swin-T
-   against mmdet's PVT-T / Swin-T, inference and a training step, eager and
-   ``torch.compile`` -> ``OUT/benchmark.csv`` (and ``benchmark.png`` with
-   matplotlib), ``OUT/benchmark.log``.
+   against mmdet's PVT-T / Swin-T and mmpretrain's Swin-T, inference and a
+   training step, eager and ``torch.compile`` -> ``OUT/benchmark.csv`` (and
+   ``benchmark.png`` with matplotlib), ``OUT/benchmark.log``.
 
-The exit status is non-zero when a test fails or errs, or a benchmark row
-fails: failures fail.
+The exit status is non-zero when a test fails or errs, a benchmark row
+fails, or a Pola model has no measured row: failures fail. A baseline whose
+package does not import (mmdet where mmcv has no compiled ops) is reported
+``unavailable``.
 """
 import argparse
 import csv
@@ -38,11 +40,12 @@ def parse_args(argv=None):
     p.add_argument('--device', default='cuda')
     p.add_argument('--tests', nargs='*', default=TESTS,
                    help='pytest files / node ids (none: skip the tests)')
-    p.add_argument('--models', default='pola_pvt_t,pvt_t,pola_swin_t,swin_t')
+    p.add_argument('--models', default='pola_pvt_t,pvt_t,pola_swin_t,swin_t,'
+                   'swin_t_mmpretrain')
     p.add_argument('--sizes', nargs='+', default=['224@64', '800x1333@2'])
     p.add_argument('--mode', nargs='+', default=['infer', 'train'])
     p.add_argument('--graph', nargs='+', default=['eager', 'compile'])
-    p.add_argument('--repeat', type=int, default=5)
+    p.add_argument('--repeat', type=int, default=3)
     return p.parse_args(argv)
 
 
@@ -98,8 +101,16 @@ def main(argv=None):
                   '--sizes', *args.sizes, '--mode', *args.mode,
                   '--graph', *args.graph, '--repeat', str(args.repeat),
                   '--out-dir', str(out)], out / 'benchmark.log')
-    if status != 0:
-        failures.append(f'the benchmark exited with {status} '
+    bench = out / 'benchmark.csv'
+    rows = []
+    if bench.exists():
+        with open(bench, newline='') as f:
+            rows = list(csv.DictReader(f))
+    unmeasured = sorted({r['model'] for r in rows if r['status'] != 'ok'
+                         and r['model'].startswith('pola')})
+    if status != 0 or not rows or unmeasured:
+        failures.append(f'the benchmark exited with {status}, Pola models '
+                        f'without a measurement: {unmeasured} '
                         f'({out / "benchmark.log"})')
     for failure in failures:
         print(f'[gpu_check] FAILED: {failure}', flush=True)
