@@ -77,6 +77,25 @@ def test_padded_keys_are_left_out(device, impl):
     assert mine[3][:, :, keep:].abs().max() == 0
 
 
+def test_fast_in_many_token_blocks(device, monkeypatch):
+    """The fast core over many small, uneven token blocks, with a mask."""
+    from mmpola.ops import fast
+    monkeypatch.setattr(fast, 'BLOCK_ELEMENTS', 1)  # 64 tokens per block
+    torch.manual_seed(0)
+    B, heads, N, d = 2, 3, 517, 32
+    q, k, v, grad_out = (randn(B, heads, N, d, device=device)
+                         for _ in range(4))
+    power = randn(1, heads, 1, d, device=device)
+    mask = (torch.rand(B, 1, N, 1) > 0.2).float().to(device)
+    for key_mask in (None, mask):
+        for name, a, b in zip(
+                ['out', 'dq', 'dk', 'dv', 'dpower'],
+                run(impl_fn('fast'), q, k, v, power, grad_out, key_mask),
+                run(pola_attention_reference, q, k, v, power, grad_out,
+                    key_mask)):
+            assert rel(a, b) < 1e-5, name
+
+
 @pytest.mark.parametrize('impl', IMPLS)
 def test_gradcheck_float64_with_mask(device, impl):
     torch.manual_seed(2)
