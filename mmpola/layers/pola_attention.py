@@ -102,9 +102,8 @@ class PolaAttention(nn.Module):
         return 1 + self.alpha * torch.sigmoid(self.power)
 
     def project(self, x: torch.Tensor, hw_shape: Tuple[int, int]):
-        """q / s, (k + positional encoding) / s, v and g, each (B, N, C),
-        ``s = softplus(scale)``, from tokens x (B, N, C) of an (H, W) map.
-        """
+        """q / s, (k + positional encoding) / s, v and g (each (B, N, C),
+        ``s = softplus(scale)``) of tokens x (B, N, C) of an (H, W) map."""
         if self.fused_qkvg:
             q, k, v, g = self.qkvg(x).chunk(4, dim=-1)
         else:

@@ -21,14 +21,10 @@ DEFAULT_INIT_CFG = [
 
 
 class PreNormBlock(BaseModule):
-    """``x + drop_path(attn(norm1(x)))``, then ``ffn`` (mmcv's FFN with its
-    residual and drop path). ``attn`` is a module called as
-    ``attn(x, hw_shape)``; subclasses may set it themselves and override
-    ``_attention`` (e.g. shifted windows). ``with_cp`` checkpoints the
-    block when the input needs a gradient.
-
-    Shapes:
-        forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
+    """``x + drop_path(attn(norm1(x), hw_shape))``, then ``ffn`` (mmcv's FFN,
+    its own residual and drop path); subclasses may override ``_attention``
+    (e.g. shifted windows). ``with_cp``: checkpointed when x needs a grad.
+    forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
     """
 
     def __init__(self, embed_dims, mlp_ratio, drop_rate=0.,
@@ -63,9 +59,8 @@ class PreNormBlock(BaseModule):
 
 
 def static_hw(hw_shape):
-    """(H, W) as Python ints: the TorchScript tracer (TorchScript ONNX
-    export) hands sizes read from tensor shapes over as tensors; the window
-    and padding arithmetic is for one fixed size."""
+    """(H, W) as ints: the TorchScript tracer (ONNX export) gives sizes as
+    tensors; the window and padding arithmetic is for one fixed size."""
     return tuple(int(s) for s in hw_shape)
 
 
@@ -96,16 +91,14 @@ def _init_cfgs(init_cfg):
 
 
 class DenseBackboneMixin:
-    """arch presets, argument checks, output norms, freezing,
-    initialisation and checkpoint conversion of a backbone that defines
-    ``arch_zoo``, ``family`` ('pvt' / 'swin'), ``num_stages``,
-    ``num_features``, ``in_channels`` and ``_stage_modules(i)`` /
-    ``_stem_modules()`` (what is frozen with stage i / with the stem)."""
+    """arch presets, checks, output norms, freezing, initialisation and
+    checkpoint conversion of a backbone with ``arch_zoo``, ``family``,
+    ``num_stages``, ``num_features``, ``in_channels``, ``_stage_modules(i)``
+    and ``_stem_modules()`` (what is frozen with stage i / the stem)."""
 
     def parse_arch(self, arch, essential_keys, per_stage_keys):
-        """A preset name (case-insensitive) or a dict with exactly
-        ``essential_keys``; per-stage lists must have one entry per
-        stage."""
+        """A preset name (any case) or a dict with exactly
+        ``essential_keys``, one entry per stage in ``per_stage_keys``."""
         if isinstance(arch, str):
             if arch.lower() not in self.arch_zoo:
                 raise ValueError(
@@ -132,9 +125,8 @@ class DenseBackboneMixin:
 
     def check_common_args(self, out_indices, out_norms, frozen_stages,
                           init_cfg):
-        """Sets ``out_indices`` (negative ones count from the end; sorted,
-        distinct) and ``frozen_stages``; checks ``out_norms`` and
-        ``init_cfg``."""
+        """Sets ``out_indices`` (sorted, distinct, >= 0), ``frozen_stages``;
+        checks ``out_norms`` and ``init_cfg``."""
         n = self.num_stages
         if isinstance(out_indices, int) and not isinstance(out_indices, bool):
             out_indices = [out_indices]
@@ -193,8 +185,7 @@ class DenseBackboneMixin:
                              f'(input shape {tuple(x.shape)})')
 
     def format_output(self, i, tokens, hw_shape):
-        """Stage i's (B, H*W, C) tokens -> contiguous (B, C, H, W), through
-        ``norm{i}``."""
+        """Stage i's (B, H*W, C) tokens -> ``norm{i}`` -> (B, C, H, W)."""
         if self.out_norms:
             tokens = getattr(self, self._out_norm_names[i])(tokens)
         B, _, C = tokens.shape
@@ -222,11 +213,9 @@ class DenseBackboneMixin:
         return self
 
     def init_weights(self):
-        """``init_cfg``'s initialisers (MMEngine's ``initialize``; None:
-        :data:`DEFAULT_INIT_CFG`), position embeddings and relative
-        position tables truncated normal (std .02), then a ``Pretrained``
-        entry through :func:`mmpola.checkpoint.load_pretrained` (converted,
-        grids resized; a file that does not fit raises ValueError)."""
+        """``init_cfg``'s initialisers (None: :data:`DEFAULT_INIT_CFG`),
+        position grids truncated normal (std .02), then a ``Pretrained``
+        entry through :func:`mmpola.checkpoint.load_pretrained`."""
         from ..checkpoint import load_pretrained
         cfgs = _init_cfgs(self.init_cfg) or DEFAULT_INIT_CFG
         pretrained = [c for c in cfgs

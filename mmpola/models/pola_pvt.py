@@ -33,19 +33,17 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
             released classifier applies no final norm; set False for it).
         drop_rate (float): dropout rate.
         drop_path_rate (float): stochastic depth, linear over blocks.
-        frozen_stages (int): -1 none, 0 stage 1's patch embedding and
-            position embedding, i>0 stages 1..i entirely.
+        frozen_stages (int): -1 none, 0 stage 1's patch and position
+            embeddings, i > 0 stages 1..i.
         with_cp (bool): gradient checkpointing per block.
-        norm_cfg (dict): block norms (LayerNorm eps 1e-6 as released); the
-            patch embeddings use LayerNorm eps 1e-5 as released.
+        norm_cfg (dict): block norms (patch embeddings: LayerNorm eps 1e-5).
         init_cfg (dict | list[dict], optional): MMEngine initialisers
             (None: the released from-scratch values), e.g.
             ``dict(type='Pretrained', checkpoint=PATH)``.
 
     Shapes:
-        input (B, in_channels, H, W), B >= 1 (an empty batch or an
-        unbatched image raises ValueError), any H, W ->
-        tuple of (B, C_i, ceil(H / 4 / 2^i), ceil(W / 4 / 2^i)).
+        (B, in_channels, H, W), B >= 1, any H, W -> tuple of
+        (B, embed_dims[i], ceil(H / (4 * 2^i)), ceil(W / (4 * 2^i))).
 
     Example:
         >>> import torch, mmpola

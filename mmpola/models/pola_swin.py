@@ -141,8 +141,7 @@ class PolaSwinBlock(PreNormBlock):
 
 class PolaSwinStage(BaseModule):
     """``depth`` blocks (odd ones shifted), then mmcv's ``PatchMerging``
-    (weights in mmcv's channel order; released files are converted once
-    when loaded).
+    (mmcv's channel order; released weights are converted when loaded).
 
     Shapes:
         forward(x (B, H*W, C), hw_shape) ->
@@ -195,9 +194,8 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         in_channels (int): input channels.
         patch_size (int): patch embedding stride.
         window_size (int): softmax window (7; 12 for the 384 model).
-        pola_window_size (int): the released Pola "window" (56; 96 at 384).
-            At 224 it covers the whole stage-1 map, so the released model is
-            global there.
+        pola_window_size (int): the released Pola "window" (56; 96 at 384),
+            at 224 the whole stage-1 map.
         pola_attn_mode (str): how Pola stages run on larger maps.
             'global' (default): one window over the whole map, positional
             encodings resized to it (each Pola stage was one global window
@@ -212,8 +210,8 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
             except ``norm3``, which takes the released final ``norm``).
         drop_rate (float): dropout rate.
         drop_path_rate (float): stochastic depth, linear over blocks.
-        frozen_stages (int): -1 none, 0 the patch embedding, i>0 also
-            stages 1..i (with their output norms).
+        frozen_stages (int): -1 none, 0 the patch embedding, i > 0 also
+            stages 1..i.
         with_cp (bool): gradient checkpointing per block.
         norm_cfg (dict): norm layers (LayerNorm eps 1e-5 as released).
         init_cfg (dict | list[dict], optional): MMEngine initialisers
@@ -221,10 +219,8 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
             ``dict(type='Pretrained', checkpoint=PATH)``.
 
     Shapes:
-        input (B, in_channels, H, W), B >= 1 (an empty batch or an
-        unbatched image raises ValueError), any H, W ->
-        tuple of (B, C_i, ceil(H / (4 * 2^i)), ceil(W / (4 * 2^i))),
-        C_i = embed_dims * 2^i.
+        (B, in_channels, H, W), B >= 1, any H, W -> tuple of
+        (B, embed_dims * 2^i, ceil(H / (4 * 2^i)), ceil(W / (4 * 2^i))).
 
     Example:
         >>> import torch, mmpola

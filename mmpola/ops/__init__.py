@@ -1,20 +1,13 @@
 """The Pola arithmetic: one function, two implementations, one switch.
 
-:func:`pola_linear_attention` runs one of
-
-* ``'reference'``: :func:`~mmpola.ops.reference.pola_attention_reference`,
-  the released formulation written literally; any device, traceable;
-* ``'fast'``: :func:`~mmpola.ops.fast.pola_attention_fast`, the same
-  numbers regrouped (one power per tensor, one product per side) with a
-  hand-written first-order backward that keeps no feature map; tested
-  against the reference, outputs and gradients;
-* ``'auto'`` (default): ``'fast'`` for CPU tensors, else ``'reference'``.
-
-The reference runs whatever is chosen while a call is traced, scripted,
-compiled or exported (``torch.jit.trace``, both ONNX exporters,
-``torch.compile``, ``torch.export``). Both compute in float32 (float64 for
-float64 inputs) with autocast off and return the inputs' dtype: the powers
-(p up to 5) overflow float16.
+:func:`pola_linear_attention` runs ``'reference'`` (the released formulation
+written literally: any device, traceable), ``'fast'`` (the same numbers
+regrouped, blocked over tokens, with a hand-written first-order backward;
+tested against the reference, outputs and gradients) or ``'auto'``
+(default: ``'fast'`` for CPU tensors, else ``'reference'``). The reference
+runs whatever is chosen while a call is traced, scripted, compiled or
+exported. Both compute in float32 (float64 for float64 inputs) with autocast
+off and return the inputs' dtype: the powers (p up to 5) overflow float16.
 
 The switch, by precedence: the ``impl=`` argument; :func:`set_pola_impl`
 (or the :func:`pola_impl` context manager); the environment variable

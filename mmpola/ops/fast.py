@@ -23,7 +23,7 @@ BLOCK_ELEMENTS = 1 << 20
 
 
 def _blocks(x):
-    """Slices of the token axis of x (B, h, N, d), one block each."""
+    """Slices of the token axis of x (B, h, N, d), a block each."""
     B, h, N, d = x.shape
     step = max(64, BLOCK_ELEMENTS // (B * h * 2 * d))
     return [slice(i, min(i + step, N)) for i in range(0, N, step)]
@@ -56,9 +56,8 @@ def _features_grad(x, feats, log_abs, dfeats, p):
 
 
 def _weights(m):
-    """W (..., 2d, d + 2) from the key sums M (..., 2d, d + 1), columns
-    [x_sim numerators | x_sim normaliser | x_opp numerators | x_opp
-    normaliser]; x_opp's columns are M's with its row halves swapped."""
+    """W (..., 2d, d + 2) from the key sums M (..., 2d, d + 1): [x_sim
+    numerators, normaliser | x_opp's, from M with its row halves swapped]."""
     d = m.shape[-1] - 1
     half = d // 2
     swap = torch.cat([m[..., d:, :], m[..., :d, :]], dim=-2)
@@ -67,8 +66,7 @@ def _weights(m):
 
 
 def _weights_grad(dw):
-    """Adjoint of :func:`_weights`: dW (..., 2d, d + 2) -> dM
-    (..., 2d, d + 1)."""
+    """Adjoint of :func:`_weights`: dW (.., 2d, d + 2) -> dM (.., 2d, d + 1)."""
     d = dw.shape[-1] - 2
     half = d // 2
     swap = torch.cat([dw[..., d:, :], dw[..., :d, :]], dim=-2)
@@ -92,8 +90,7 @@ def _count(k, key_mask):
 
 
 def _forward(q, k, v, p, key_mask):
-    """``[x_sim, x_opp]`` (B, h, N, d), laid out as (B, N, h, d) in memory,
-    and W (B, h, 2d, d + 2)."""
+    """``[x_sim, x_opp]`` (B, h, N, d) in (B, N, h, d) memory order, W."""
     B, h, N, d = v.shape
     half = d // 2
     m = v.new_zeros(B, h, 2 * d, d + 1)           # [k+; k-]^T [v, 1]
@@ -113,8 +110,7 @@ def _forward(q, k, v, p, key_mask):
 
 
 def _backward(dout, q, k, v, p, w, key_mask):
-    """Gradients of q, k, v and p for the output gradient dout
-    (B, h, N, d)."""
+    """Gradients of q, k, v and p for the output gradient dout."""
     B, h, N, d = v.shape
     half = d // 2
     dq, dk, dv = (torch.empty_like(v) for _ in range(3))

@@ -10,8 +10,7 @@ Per head, with q, k, v of shape (N, d) (q and k already divided by
     x_opp = q_opp @ ((k'^T n^-.5) @ (v2 n^-.5)) / (q_opp @ mean(k')^T + eps)
     out   = [x_sim, x_opp]
 
-Plain PyTorch (no in-place writes, no loops), so it also serves
-``torch.compile``, ``torch.export``, ONNX export and tracing.
+Plain PyTorch, no in-place writes: it also serves tracing and export.
 """
 from typing import Optional
 
