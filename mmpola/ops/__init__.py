@@ -31,14 +31,13 @@ IMPLEMENTATIONS = {
     'reference': pola_attention_reference,
     'fast': pola_attention_fast,
 }
-_CHOICES = ('auto', ) + tuple(IMPLEMENTATIONS)
 _chosen: Optional[str] = None  # set_pola_impl; None: environment / 'auto'
 
 
 def _check(impl, source):
-    if impl not in _CHOICES:
-        raise ValueError(
-            f'{source} must be one of {list(_CHOICES)}, got {impl!r}')
+    if impl != 'auto' and impl not in IMPLEMENTATIONS:
+        raise ValueError(f'{source} must be one of '
+                         f"{['auto', *IMPLEMENTATIONS]}, got {impl!r}")
     return impl
 
 
