@@ -3,7 +3,7 @@ computed from the same queries and keys (PolaFormer, Figures 1 and 5).
 
 Effective weights of the released Pola core. Per head, with
 ``q_sim = [relu(q)**p, relu(-q)**p]``, ``q_opp = [relu(-q)**p, relu(q)**p]``
-and ``k' = [relu(k)**p, relu(-k)**p]`` (``mmpola.ops.pola_attention_reference``)::
+and ``k' = [relu(k)**p, relu(-k)**p]`` (``ops.pola_attention_reference``)::
 
     x_sim_i = q_sim_i @ (k'^T v1 / n) / (q_sim_i @ mean(k') + eps)
             = sum_j (q_sim_i . k'_j) v1_j / (sum_j q_sim_i . k'_j + n eps)

@@ -66,7 +66,7 @@ def _weights(m):
 
 
 def _weights_grad(dw):
-    """Adjoint of :func:`_weights`: dW (.., 2d, d + 2) -> dM (.., 2d, d + 1)."""
+    """Adjoint of :func:`_weights`: dW (.., 2d, d+2) -> dM (.., 2d, d+1)."""
     d = dw.shape[-1] - 2
     half = d // 2
     swap = torch.cat([dw[..., d:, :], dw[..., :d, :]], dim=-2)

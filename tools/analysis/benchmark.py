@@ -9,11 +9,12 @@ side by side in one process.
 
 ``--mode``: ``infer`` is a forward in eval mode under
 ``torch.inference_mode`` (``torch.no_grad`` when compiled: Dynamo's guards
-on inference tensors fail on mmdet's PVT); ``train`` one training step (forward in train
-mode, loss, backward; no optimiser step): for backbones the loss is the sum
-of the outputs' means, whole models use their own losses on random ground
-truth. ``--graph``: ``eager`` runs the module as it is, ``compile`` runs
-``torch.compile(model)`` (compiled during the warm-up calls).
+on inference tensors fail on mmdet's PVT); ``train`` one training step
+(forward in train mode, loss, backward; no optimiser step): for backbones
+the loss is the sum of the outputs' means, whole models use their own
+losses on random ground truth. ``--graph``: ``eager`` runs the module as it
+is, ``compile`` runs ``torch.compile(model, dynamic=False)`` (compiled
+during the warm-up calls).
 
 Models (``--models``, comma lists too): pola_pvt_t, pvt_t (mmdet's
 ``PyramidVisionTransformer`` as in ``pvt/retinanet_pvt-t_fpn_1x_coco.py``),
