@@ -38,8 +38,9 @@ demo: setup  ## setup, then Mask R-CNN + Pola-PVT-T on generated COCO data, 2 pr
 gpu-wheels: setup  ## .whl/: wheels for the GPU machine (cp312, no mmcv ops)
 	PY=$(PY) bash tools/gpu_check.sh wheels .whl
 
-gpu-check-cpu: setup  ## the GPU check in its CPU mode at tiny sizes
-	$(PY) tools/gpu_check.py --device cpu --tiny --out gpu_out/cpu
+gpu-check-cpu: setup  ## the GPU check's code path on the CPU at a tiny size
+	$(PY) tools/gpu_check.py --device cpu --out gpu_out/cpu --sizes 64@2 \
+		--graph eager --repeat 1
 
 clean-venv:
 	rm -rf $(VENV)

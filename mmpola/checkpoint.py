@@ -1,5 +1,5 @@
-"""The one door for checkpoints: reading, released->mmpola key mapping,
-grid resizing and validated loading into a backbone.
+"""The one door for checkpoints: reading, the released->mmpola converter
+(key mapping, grid resizing) and validated loading into a backbone.
 
 Released PolaFormer files (``{'model': state_dict, 'optimizer', ...,
 'config': <yacs CfgNode>}``) are read without executing pickled code and
@@ -7,11 +7,12 @@ without yacs installed (:func:`mmpola.utils.torch_load.safe_load`); files
 converted by ``tools/model_converters/polaformer_to_mmpola.py``
 (``backbone.*`` keys) and bare state dicts load the same way.
 
-Every load route converts: ``init_cfg=dict(type='Pretrained', ...)``
-(:func:`load_pretrained`, strict, with a report), and
-``backbone.load_state_dict`` / ``mmengine.runner.load_checkpoint(backbone,
-file)`` / a detector's ``load_from`` with ``backbone.*`` keys, through the
-backbones' state-dict pre-hook :func:`released_state_dict_pre_hook`.
+One converter, :func:`convert_state_dict`, serves every load route: the
+backbones' state-dict pre-hook (:func:`released_state_dict_pre_hook`) runs
+it inside every ``load_state_dict`` (``mmengine.runner.load_checkpoint``, a
+detector's ``load_from`` with ``backbone.*`` keys), and
+:func:`load_pretrained` (``init_cfg=dict(type='Pretrained', ...)``) runs it
+first to refuse, before anything is loaded, a file that does not fit.
 """
 import math
 import os.path as osp
@@ -19,15 +20,14 @@ import re
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from mmengine.logging import print_log
 
+from .layers import resize_grid_tokens
 from .utils.torch_load import register_mmengine_loader, safe_load
 
 __all__ = ['read_checkpoint', 'extract_state_dict', 'convert_released',
-           'to_backbone_layout', 'backbone_state_from_file',
-           'resize_grid_param', 'load_pretrained', 'convert_to_mmpretrain',
-           'released_state_dict_pre_hook']
+           'convert_state_dict', 'resize_grid_param', 'load_pretrained',
+           'convert_to_mmpretrain', 'released_state_dict_pre_hook']
 
 # ---------------------------------------------------------------- reading
 
@@ -75,12 +75,13 @@ def extract_state_dict(ckpt, path='<checkpoint>'):
 
 # ------------------------------------------------------ released -> mmpola
 
-# Keys the released files hold that a backbone never loads.
+# Buffers the released files hold that depend on the input size: rebuilt
+# at run time, never loaded.
 REBUILT = re.compile(r'(^|\.)(relative_position_index|attn_mask)$')
-CLS_HEAD = re.compile(r'^head\.')
 
 
 def detect_family(state_dict):
+    """'pvt', 'swin' or None, from backbone-relative keys."""
     if any(k.startswith(('block1.', 'pos_embed1', 'patch_embed1.'))
            for k in state_dict):
         return 'pvt'
@@ -113,7 +114,7 @@ def convert_released(state_dict, family):
     """
     backbone, head, dropped = OrderedDict(), OrderedDict(), []
     for key, value in state_dict.items():
-        if CLS_HEAD.match(key):
+        if key.startswith('head.'):
             head[key] = value
             continue
         if REBUILT.search(key) or (family == 'pvt' and key.startswith('norm.')):
@@ -130,60 +131,6 @@ def convert_released(state_dict, family):
     return backbone, head, dropped
 
 
-def to_backbone_layout(sd, family, own_shapes=None):
-    """Backbone-relative keys of any supported layout -> mmpola's.
-
-    Released keys are renamed (and Swin's merging weights put in mmcv's
-    channel order, once); buffers rebuilt at run time are dropped; with
-    ``own_shapes`` ({key: shape} of the target backbone), square grids
-    (position embeddings, positional encodings, relative position tables)
-    of another size are resized. Tensors of other shapes are left as they
-    are for the caller to report.
-
-    Returns:
-        tuple: ``(state_dict, dropped_keys, resized_keys)``.
-    """
-    dropped = []
-    if is_released_layout(sd):
-        sd, head, more = convert_released(sd, family)
-        dropped += list(head) + more
-    dropped += [k for k in sd if REBUILT.search(k)]
-    sd = OrderedDict((k, v) for k, v in sd.items() if not REBUILT.search(k))
-    resized = []
-    for key, value in sd.items():
-        shape = (own_shapes or {}).get(key)
-        if shape is not None and value.shape != shape:
-            new = resize_grid_param(key, value, shape)
-            if new is not None:
-                sd[key] = new
-                resized.append(key)
-    return sd, dropped, resized
-
-
-def backbone_state_from_file(path, family, own_shapes=None):
-    """Read any supported file and return mmpola-layout backbone tensors.
-
-    Returns ``(state_dict, dropped_keys, resized_keys)``
-    (:func:`to_backbone_layout`).
-    """
-    sd = extract_state_dict(read_checkpoint(path), path)
-    if any(k.startswith('backbone.') for k in sd):  # converted / mmdet file
-        dropped = [k for k in sd if not k.startswith('backbone.')]
-        sd = OrderedDict((k[9:], v) for k, v in sd.items()
-                         if k.startswith('backbone.'))
-    else:
-        dropped = []
-    found = detect_family(sd)
-    if found != family:
-        raise ValueError(
-            f'{path}: holds a {found or "unknown"} model, not a Pola-'
-            f'{family.upper()} backbone (first keys: {list(sd)[:4]})')
-    sd, more, resized = to_backbone_layout(sd, family, own_shapes)
-    return sd, dropped + more, resized
-
-
-# ---------------------------------------------------------------- resizing
-
 # leaf name -> interpolation (PVT's pos_embed is resized bilinearly on the
 # fly; the others follow the released code's bicubic precedent)
 GRID_MODES = {
@@ -198,19 +145,52 @@ def resize_grid_param(key, value, shape):
     or a ((2w-1)^2, heads) bias table. Returns None when ``key`` is not such
     a grid or the sizes are not square."""
     mode = GRID_MODES.get(re.sub(r'\d+$', '', key.rsplit('.', 1)[-1]))
-    if mode is None or value.ndim != len(shape):
+    if mode is None or value.ndim != len(shape) or value.ndim not in (2, 3):
         return None
-    table = value.ndim == 2
-    src = value[None] if table else value
-    dst_len, channels = (shape if table else shape[1:])
-    s, d = math.isqrt(src.shape[1]), math.isqrt(dst_len)
-    if s * s != src.shape[1] or d * d != dst_len or src.shape[2] != channels:
+    tokens = value if value.ndim == 3 else value[None]
+    dst_len, channels = shape[-2:]
+    s, d = math.isqrt(tokens.shape[1]), math.isqrt(dst_len)
+    if s * s != tokens.shape[1] or d * d != dst_len or (
+            tokens.shape[2] != channels):
         return None
-    grid = src.reshape(1, s, s, channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=(d, d), mode=mode,
-                         align_corners=False).to(src.dtype)
-    out = grid.flatten(2).transpose(1, 2)
-    return out[0] if table else out
+    out = resize_grid_tokens(tokens, (s, s), (d, d), mode).contiguous()
+    return out if value.ndim == 3 else out[0]
+
+
+def convert_state_dict(state_dict, model):
+    """The one converter: backbone-relative keys of any supported layout
+    (released, or mmpola's) -> ``model``'s (a PolaPVT or PolaSwin).
+
+    Released keys are renamed (Swin's merging weights put in mmcv's
+    channel order); rebuilt buffers, the classification head, PVT's unused
+    final norm and Swin's final norm when the model has no last-stage
+    output norm are dropped; square grids (position embeddings, positional
+    encodings, relative position tables) of another size are resized to
+    the model's. Other tensors are left as they are for the caller to
+    report.
+
+    Returns:
+        tuple: ``(state_dict, dropped_keys, resized_keys)``.
+    """
+    dropped = []
+    if is_released_layout(state_dict):
+        state_dict, head, dropped = convert_released(state_dict, model.family)
+        dropped += list(head)
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    final_norm = f'norm{model.num_stages - 1}.'
+    out, resized = OrderedDict(), []
+    for key, value in state_dict.items():
+        if REBUILT.search(key) or (key not in own
+                                   and key.startswith(final_norm)):
+            dropped.append(key)
+            continue
+        if key in own and value.shape != own[key]:
+            new = resize_grid_param(key, value, own[key])
+            if new is not None:
+                value = new
+                resized.append(key)
+        out[key] = value
+    return out, dropped, resized
 
 
 # ----------------------------------------------------------------- loading
@@ -231,32 +211,43 @@ def new_layer_keys(model):
 def load_pretrained(model, path, logger='current'):
     """Load a released / converted checkpoint into a PolaPVT or PolaSwin.
 
-    Grids trained at another size are resized; buffers that depend on the
-    input size are rebuilt; the classification head is ignored. Anything
-    else that does not fit raises an error naming the file and the keys.
+    Converted by :func:`convert_state_dict` (grids trained at another size
+    resized, buffers that depend on the input size rebuilt, the
+    classification head ignored). Anything else that does not fit raises
+    ValueError naming the file and the keys, before anything is loaded.
+
+    Returns:
+        dict: the keys ``loaded``, ``resized``, ``ignored`` and ``new``.
     """
+    sd = extract_state_dict(read_checkpoint(path), path)
+    ignored = []
+    if any(k.startswith('backbone.') for k in sd):  # converted / mmdet file
+        ignored = [k for k in sd if not k.startswith('backbone.')]
+        sd = OrderedDict((k[9:], v) for k, v in sd.items()
+                         if k.startswith('backbone.'))
+    found = detect_family(sd)
+    if found != model.family:
+        raise ValueError(
+            f'{path}: holds a {found or "unknown"} model, not a Pola-'
+            f'{model.family.upper()} backbone (first keys: {list(sd)[:4]})')
+    sd, dropped, resized = convert_state_dict(sd, model)
+    ignored += dropped
     own = {k: v.shape for k, v in model.state_dict().items()}
-    sd, ignored, resized = backbone_state_from_file(path, model.family, own)
-    bad_shape = [f'{k}: file {tuple(v.shape)} vs model {tuple(own[k])}'
-                 for k, v in sd.items() if k in own and v.shape != own[k]]
-    unexpected = [k for k in sd if k not in own]
-    # Swin's final norm, when the model has no last-stage output norm
-    final_norm = [k for k in unexpected
-                  if k.startswith(f'norm{model.num_stages - 1}.')]
-    ignored += final_norm
-    unexpected = [k for k in unexpected if k not in final_norm]
-    missing = [k for k in own if k not in sd]
-    new_layers = [k for k in missing if k in new_layer_keys(model)]
-    missing = [k for k in missing if k not in new_layers]
-    if bad_shape or unexpected or missing:
-        problems = [f'{name} ({len(keys)}): {keys[:6]}'
-                    for name, keys in (('shape mismatch', bad_shape),
-                                       ('unexpected keys', unexpected),
-                                       ('missing keys', missing)) if keys]
+    new_layers = [k for k in own if k not in sd and k in new_layer_keys(model)]
+    problems = {
+        'shape mismatch': [f'{k}: file {tuple(v.shape)} vs model '
+                           f'{tuple(own[k])}' for k, v in sd.items()
+                           if k in own and v.shape != own[k]],
+        'unexpected keys': [k for k in sd if k not in own],
+        'missing keys': [k for k in own if k not in sd
+                         and k not in new_layers],
+    }
+    if any(problems.values()):
         raise ValueError(
             f'{path} does not fit {type(model).__name__}'
             f'({model.arch_settings}): a checkpoint of another family or '
-            'size? ' + '; '.join(problems))
+            'size? ' + '; '.join(f'{name} ({len(keys)}): {keys[:6]}'
+                                 for name, keys in problems.items() if keys))
     model.load_state_dict(sd, strict=False)
     print_log(
         f'Loaded {path} into {type(model).__name__}: {len(sd)} tensors '
@@ -281,8 +272,7 @@ def convert_to_mmpretrain(path):
         raise ValueError(f'{path}: not a released PolaFormer checkpoint '
                          f'(first keys: {list(sd)[:4]})')
     backbone, head, _ = convert_released(sd, family)
-    out = OrderedDict((f'backbone.{k}', v) for k, v in backbone.items()
-                      if not REBUILT.search(k))
+    out = OrderedDict((f'backbone.{k}', v) for k, v in backbone.items())
     out.update((f'head.fc.{k[5:]}', v) for k, v in head.items())
     return out, family
 
@@ -297,22 +287,16 @@ _TRAINING_ENTRIES = ('optimizer', 'lr_scheduler', 'max_accuracy', 'epoch',
 def released_state_dict_pre_hook(module, state_dict, prefix, local_metadata,
                                  strict, missing_keys, unexpected_keys,
                                  error_msgs):
-    """``load_state_dict`` pre-hook of PolaPVT / PolaSwin: the conversion of
-    :func:`load_pretrained` on every other load route.
+    """``load_state_dict`` pre-hook of PolaPVT / PolaSwin: runs
+    :func:`convert_state_dict` on the keys under ``prefix``.
 
-    * a released training file passed whole (``{'model': ..., 'config':
-      ...}``, as ``mmengine.runner.load_checkpoint(backbone, file)`` hands
-      it over) is unwrapped;
-    * released keys under ``prefix`` are mapped to mmpola's layout, rebuilt
-      buffers and the classification head dropped, grids resized to the
-      backbone's sizes (a detector's ``load_from`` with ``backbone.*`` keys
-      of another input size, too);
-    * a released backbone file loaded into a whole detector / segmentor /
-      classifier (its keys arrive without the ``backbone.`` prefix) is an
-      error pointing to the backbone's ``init_cfg``.
-
-    ``state_dict`` is modified in place (both torch's and MMEngine's
-    ``load_state_dict`` pass a copy).
+    A released training file passed whole (``{'model': ..., 'config':
+    ...}``, as ``mmengine.runner.load_checkpoint(backbone, file)`` hands it
+    over) is unwrapped first. A released backbone file loaded into a whole
+    detector / segmentor / classifier (its keys arrive without the
+    ``backbone.`` prefix) is an error pointing to the backbone's
+    ``init_cfg``. ``state_dict`` is modified in place (both torch's and
+    MMEngine's ``load_state_dict`` pass a copy).
     """
     nested = state_dict.get(prefix + 'model')
     if isinstance(nested, dict) and nested and all(
@@ -321,13 +305,11 @@ def released_state_dict_pre_hook(module, state_dict, prefix, local_metadata,
         for key in _TRAINING_ENTRIES:
             state_dict.pop(prefix + key, None)
         state_dict.update((prefix + k, v) for k, v in nested.items())
-    own = {k: v.shape for k, v in module.state_dict().items()}
-    mine = OrderedDict((k[len(prefix):], state_dict[k]) for k in state_dict
-                       if k.startswith(prefix))
-    if not mine and prefix:
+    mine = [k for k in state_dict if k.startswith(prefix)]
+    if not mine:
         foreign = [k for k in unexpected_keys if detect_family({k: None})
                    or k.split('.', 1)[0] in ('model', 'config')]
-        if foreign:
+        if prefix and foreign:
             raise ValueError(
                 f'The checkpoint holds a released Pola-{module.family.upper()}'
                 f' backbone (keys such as {foreign[:3]}), not a whole '
@@ -336,21 +318,12 @@ def released_state_dict_pre_hook(module, state_dict, prefix, local_metadata,
                 ' checkpoint=PATH) (and no load_from), or convert it with '
                 'tools/model_converters/polaformer_to_mmpola.py first.')
         return
-    if not mine or not (is_released_layout(mine) or any(
-            k in own and v.shape != own[k] for k, v in mine.items())
-            or any(REBUILT.search(k) for k in mine)):
-        return
-    converted, dropped, resized = to_backbone_layout(
-        mine, module.family, own)
-    final_norm = [k for k in converted if k not in own and
-                  k.startswith(f'norm{module.num_stages - 1}.')]
-    dropped += final_norm
-    for key in mine:
-        del state_dict[prefix + key]
-    state_dict.update((prefix + k, v) for k, v in converted.items()
-                      if k not in final_norm)
-    print_log(
-        f'{type(module).__name__} ({prefix or "root"}): converted '
-        f'{len(converted)} tensors to mmpola\'s layout, {len(resized)} '
-        f'resized {resized[:4]}, {len(dropped)} ignored {dropped[:4]}',
-        logger='current')
+    sd = OrderedDict((k[len(prefix):], state_dict.pop(k)) for k in mine)
+    converted, dropped, resized = convert_state_dict(sd, module)
+    state_dict.update((prefix + k, v) for k, v in converted.items())
+    if dropped or resized:
+        print_log(
+            f'{type(module).__name__} ({prefix or "root"}): '
+            f'{len(converted)} tensors in mmpola\'s layout, {len(resized)} '
+            f'resized {resized[:4]}, {len(dropped)} ignored {dropped[:4]}',
+            logger='current')

@@ -1,4 +1,5 @@
-"""Shared fixtures: small generated datasets and a way to run the tools."""
+"""Shared fixtures: the device the tests run on, small generated datasets
+and a way to run the tools."""
 import os
 import socket
 import subprocess
@@ -6,8 +7,33 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        '--device', default=None,
+        help='torch device for the ops, layer, backbone, checkpoint and '
+        'export tests (default: cuda when available, else cpu)')
+
+
+@pytest.fixture(scope='session')
+def device(request):
+    """The ``--device`` the tests run on, as a torch.device. On CUDA, TF32
+    is off so that float32 results compare with float32 tolerances."""
+    name = request.config.getoption('--device') or (
+        'cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        dev = torch.device(name)
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise pytest.UsageError(f'--device {name}: {e}') from e
+    if dev.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return dev
 
 
 @pytest.fixture(scope='session')
@@ -94,17 +120,3 @@ def pytest_collection_modifyitems(config, items):
         if (item.fspath.basename in SLOW_FILES
                 or item.originalname in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
-
-
-def pytest_addoption(parser):
-    parser.addoption('--device', default=None,
-                     help='device the tests run on (default: cuda when '
-                     'available, else cpu)')
-
-
-@pytest.fixture(scope='session')
-def device(request):
-    import torch
-    name = request.config.getoption('--device') or (
-        'cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)

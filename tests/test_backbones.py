@@ -1,6 +1,7 @@
-"""Pola-PVT / Pola-Swin: exactness to the released code, any input size,
-the mmdet backbone test pattern (shapes, frozen_stages, with_cp, bad
-arguments), hooks, precision, stochastic depth and initialisation."""
+"""Pola-PVT / Pola-Swin on the test device: exactness to the released
+code, any input size, the mmdet backbone test pattern (shapes,
+frozen_stages, with_cp, bad arguments), hooks, precision, stochastic depth
+and initialisation."""
 import functools
 import os.path as osp
 
@@ -38,16 +39,16 @@ def fixture_arch(fixture):
         pola_window_size=a['window_size'])
 
 
-def fixture_backbone(fixture, **kwargs):
-    """The backbone matching a fixture, raw stage outputs (no out norms)."""
+def fixture_backbone(fixture, device, **kwargs):
+    """The backbone matching a fixture, raw stage outputs (no out norms),
+    on ``device``."""
     cls, args = fixture_arch(fixture)
     model = cls(out_norms=False, **args, **kwargs)
     state = {k: v.float() for k, v in fixture['state_dict'].items()}
     backbone, _, _ = convert_released(state, fixture['family'])
     missing, unexpected = model.load_state_dict(backbone, strict=False)
-    assert not missing
-    assert all(k.startswith('norm3.') for k in unexpected)
-    return model.eval()
+    assert not missing and not unexpected  # Swin's final norm: dropped
+    return model.eval().to(device)
 
 
 def rel_err(a, b):
@@ -56,35 +57,35 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize('impl', sorted(ops.IMPLEMENTATIONS))
 @pytest.mark.parametrize('family', ['pvt', 'swin'])
-def test_stage_outputs_match_released_code(family, impl):
+def test_stage_outputs_match_released_code(device, family, impl):
     fixture = load_fixture(family)
-    model = fixture_backbone(fixture)
+    model = fixture_backbone(fixture, device)
     with torch.no_grad(), ops.pola_impl(impl):
-        outs = model(fixture['input'])
+        outs = model(fixture['input'].to(device))
     assert len(outs) == 4
     for out, ref in zip(outs, fixture['stage_outputs']):
         assert out.shape == ref.shape
-        assert rel_err(out, ref) < 1e-5
+        assert rel_err(out.cpu(), ref) < 1e-5
 
 
 @pytest.mark.parametrize('family', ['pvt', 'swin'])
-def test_released_state_dict_loads_through_load_state_dict(family):
+def test_released_state_dict_loads_through_load_state_dict(device, family):
     """A released state dict (released keys, Swin merging weights in the
-    released order) converts on its way into ``load_state_dict``."""
+    released order) converts on its way into ``load_state_dict``, strict
+    (nothing missing, nothing unexpected once converted)."""
     fixture = load_fixture(family)
     cls, args = fixture_arch(fixture)
-    model = cls(out_norms=False, **args).eval()
+    model = cls(out_norms=False, **args).eval().to(device)
     model.load_state_dict(
-        {k: v.float() for k, v in fixture['state_dict'].items()},
-        strict=False)
+        {k: v.float() for k, v in fixture['state_dict'].items()})
     with torch.no_grad():
-        outs = model(fixture['input'])
+        outs = model(fixture['input'].to(device))
     for out, ref in zip(outs, fixture['stage_outputs']):
-        assert rel_err(out, ref) < 1e-5
+        assert rel_err(out.cpu(), ref) < 1e-5
 
 
 @pytest.mark.parametrize('family', ['pvt', 'swin'])
-def test_pretrained_in_an_init_cfg_list(tmp_path, family):
+def test_pretrained_in_an_init_cfg_list(device, tmp_path, family):
     """init_cfg as a list with Pretrained: the released file is loaded
     (and overrides the other initialisers)."""
     fixture = load_fixture(family)
@@ -97,41 +98,44 @@ def test_pretrained_in_an_init_cfg_list(tmp_path, family):
         dict(type='Pretrained', checkpoint=str(path))])
     model.init_weights()
     with torch.no_grad():
-        outs = model.eval()(fixture['input'])
+        outs = model.eval().to(device)(fixture['input'].to(device))
     for out, ref in zip(outs, fixture['stage_outputs']):
-        assert rel_err(out, ref) < 1e-5
+        assert rel_err(out.cpu(), ref) < 1e-5
 
 
-def test_global_and_window_mode_agree_on_the_trained_grid():
+def test_global_and_window_mode_agree_on_the_trained_grid(device):
     """At the trained size both modes are the released model."""
     fixture = load_fixture('swin')
-    glob = fixture_backbone(fixture, pola_attn_mode='global')
-    win = fixture_backbone(fixture, pola_attn_mode='window')
+    glob = fixture_backbone(fixture, device, pola_attn_mode='global')
+    win = fixture_backbone(fixture, device, pola_attn_mode='window')
+    x = fixture['input'].to(device)
     with torch.no_grad():
-        for a, b in zip(glob(fixture['input']), win(fixture['input'])):
+        for a, b in zip(glob(x), win(x)):
             torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize('family', ['pvt', 'swin'])
-def test_bf16_autocast_stays_close_and_finite(family):
+def test_bf16_autocast_stays_close_and_finite(device, family):
     fixture = load_fixture(family)
-    model = fixture_backbone(fixture)
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        outs = model(fixture['input'])
+    model = fixture_backbone(fixture, device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        outs = model(fixture['input'].to(device))
     for out, ref in zip(outs, fixture['stage_outputs']):
         assert torch.isfinite(out).all()
-        assert rel_err(out.float(), ref) < 0.1
+        assert rel_err(out.float().cpu(), ref) < 0.1
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('cls, arch', FAMILIES)
-def test_low_precision_model_inference_and_training(cls, arch, dtype):
+def test_low_precision_model_inference_and_training(device, cls, arch,
+                                                    dtype):
     """A ``.half()`` / bf16 model (window mode, padding, shifts) is finite
     in inference and in a training step; the Pola core computes in float32
     (its powers overflow float16)."""
     try:  # torch < 2.2 has no float16 convolution on the CPU
-        torch.nn.functional.conv2d(torch.ones(1, 1, 2, 2, dtype=dtype),
-                                   torch.ones(1, 1, 1, 1, dtype=dtype))
+        torch.nn.functional.conv2d(
+            torch.ones(1, 1, 2, 2, dtype=dtype, device=device),
+            torch.ones(1, 1, 1, 1, dtype=dtype, device=device))
     except RuntimeError as e:
         pytest.skip(f'torch {torch.__version__} on the CPU: {e}')
     torch.manual_seed(0)
@@ -143,8 +147,8 @@ def test_low_precision_model_inference_and_training(cls, arch, dtype):
         for m in model.modules():
             if hasattr(m, 'scale') and isinstance(m.scale, nn.Parameter):
                 m.scale.fill_(-4.)  # softplus(-4) = 0.018: q, k grow 55x
-    model = model.to(dtype)
-    x = torch.randn(2, 3, 90, 70, dtype=dtype)
+    model = model.to(device, dtype)
+    x = torch.randn(2, 3, 90, 70).to(device, dtype)
     with torch.no_grad():
         assert all(torch.isfinite(o).all() for o in model.eval()(x))
     model.train()
@@ -156,17 +160,18 @@ def test_low_precision_model_inference_and_training(cls, arch, dtype):
 
 
 @pytest.mark.parametrize('cls, arch', FAMILIES)
-def test_finite_gradients_with_flush_denormal(cls, arch):
-    """A from-scratch training step (window mode for Swin) with denormals
-    flushed: no NaN gradient (the |x| floor is a normal float32)."""
+def test_finite_gradients_with_flush_denormal(device, cls, arch):
+    """A from-scratch training step (window mode for Swin) with exact zeros
+    in the input and, on the CPU, denormals flushed: no NaN gradient (the
+    |x| floor is a normal float32)."""
     torch.manual_seed(0)
     kwargs = dict(pola_attn_mode='window', pretrain_img_size=64) \
         if cls is PolaSwin else {}
     model = cls(arch=arch, **kwargs)
     model.init_weights()
-    model.train()
-    x = torch.relu(torch.randn(2, 3, 64, 80))  # exact zeros
-    if not torch.set_flush_denormal(True):
+    model.train().to(device)
+    x = torch.relu(torch.randn(2, 3, 64, 80)).to(device)  # exact zeros
+    if device.type == 'cpu' and not torch.set_flush_denormal(True):
         pytest.skip('this CPU cannot flush denormals')
     try:
         sum(o.mean() for o in model(x)).backward()
@@ -178,10 +183,10 @@ def test_finite_gradients_with_flush_denormal(cls, arch):
 
 @pytest.mark.parametrize('size', [(97, 131), (513, 517), (64, 64)])
 @pytest.mark.parametrize('cls, arch', FAMILIES)
-def test_any_input_size(cls, arch, size):
-    model = cls(arch=arch).eval()
+def test_any_input_size(device, cls, arch, size):
+    model = cls(arch=arch).eval().to(device)
     with torch.no_grad():
-        outs = model(torch.rand(1, 3, *size))
+        outs = model(torch.rand(1, 3, *size, device=device))
     h, w = size
     for i, out in enumerate(outs):
         stride = 4 * 2**i
@@ -190,32 +195,11 @@ def test_any_input_size(cls, arch, size):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('grad', [False, True])
-@pytest.mark.parametrize('B, C, N', [(1, 64, 4100), (2, 96, 700),
-                                     (3, 8, 5)])
-def test_stage_outputs_are_the_tokens_transposed(B, C, N, grad):
-    """tokens_to_map (blocked copy on the CPU without autograd, one
-    contiguous() with it): the same bits as the plain transpose, a fresh
-    contiguous map, gradients through it."""
-    from mmpola.models.backbone_utils import tokens_to_map
-    tokens = torch.randn(B, N, C, requires_grad=grad)
-    hw = (1, N) if N % 5 else (5, N // 5)
-    out = tokens_to_map(tokens, hw)
-    expected = tokens.detach().transpose(1, 2).reshape(B, C, *hw)
-    assert out.shape == (B, C, *hw) and out.is_contiguous()
-    assert torch.equal(out.detach(), expected)
-    assert out.data_ptr() != tokens.data_ptr()
-    if grad:
-        out.backward(torch.ones_like(out))
-        assert torch.equal(tokens.grad, torch.ones_like(tokens))
-
-
-def test_pvt_patch_embeddings_take_channels_last_maps():
+def test_pvt_patch_embeddings_take_channels_last_maps(device):
     """Stages 2-4 of Pola-PVT embed the previous tokens as a channels-last
-    view: the convolution stays channels-last (for B == 1 too, where
-    transpose + unflatten used to give a batch stride the conv did not
-    take as channels-last: a copy and a slow NCHW convolution)."""
-    model = PolaPVT(arch=TINY_PVT).eval()
+    view (no copy), B == 1 included, and the convolution keeps that
+    layout."""
+    model = PolaPVT(arch=TINY_PVT).eval().to(device)
     seen = []
     for i in (2, 3, 4):
         getattr(model, f'patch_embed{i}').projection.register_forward_hook(
@@ -223,18 +207,18 @@ def test_pvt_patch_embeddings_take_channels_last_maps():
     for B in (1, 2):
         seen.clear()
         with torch.no_grad():
-            model(torch.rand(B, 3, 64, 96))
+            model(torch.rand(B, 3, 64, 96, device=device))
         assert len(seen) == 3
         for inp, out in seen:
             assert inp.is_contiguous(memory_format=torch.channels_last)
             assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_detection_size_and_window_mode():
+def test_detection_size_and_window_mode(device):
     model = PolaSwin(arch=TINY_SWIN, pola_attn_mode='window',
                      pretrain_img_size=64).eval()  # Pola windows 16 and 8
     with torch.no_grad():
-        outs = model(torch.rand(1, 3, 200, 299))
+        outs = model.to(device)(torch.rand(1, 3, 200, 299, device=device))
     assert [o.shape[-2:] for o in outs] == [(50, 75), (25, 38), (13, 19),
                                             (7, 10)]
 
@@ -245,14 +229,14 @@ MODES = [('eval', False), ('eval', True), ('train', True), ('train', False)]
 @pytest.mark.parametrize('training, grad', MODES)
 @pytest.mark.parametrize('cls, arch', FAMILIES)
 def test_hooks_fire_everywhere_and_held_tensors_stay_intact(
-        cls, arch, training, grad):
+        device, cls, arch, training, grad):
     """Every submodule's forward hook fires in every mode (also a global
     hook), and every input and output a hook keeps is unchanged after the
     forward (nothing is written in place)."""
     torch.manual_seed(0)
     kwargs = dict(pola_attn_mode='window', pretrain_img_size=64) \
         if cls is PolaSwin else {}
-    model = cls(arch=arch, drop_path_rate=0.3, **kwargs)
+    model = cls(arch=arch, drop_path_rate=0.3, **kwargs).to(device)
     model.train(training == 'train')
     fired, held = set(), []
 
@@ -273,7 +257,7 @@ def test_hooks_fire_everywhere_and_held_tensors_stay_intact(
         lambda m, args, out: seen_globally.add(type(m).__name__))
     try:
         with torch.set_grad_enabled(grad):
-            model(torch.randn(2, 3, 90, 70))
+            model(torch.randn(2, 3, 90, 70, device=device))
     finally:
         handle.remove()
     # (ModuleLists are containers, never called)
@@ -285,13 +269,13 @@ def test_hooks_fire_everywhere_and_held_tensors_stay_intact(
 
 
 @pytest.mark.parametrize('cls, arch', FAMILIES)
-def test_stochastic_depth_at_every_map_size(cls, arch):
+def test_stochastic_depth_at_every_map_size(device, cls, arch):
     """In training mode, with or without gradients, every drop-path layer
     (after the attention and after the FFN) drops whole samples or scales
     them, whatever the map size; in eval mode it is the identity."""
     from mmcv.cnn.bricks import DropPath
     torch.manual_seed(0)
-    model = cls(arch=arch, drop_path_rate=0.5)
+    model = cls(arch=arch, drop_path_rate=0.5).to(device)
     calls = []
 
     def check(m, args, out):
@@ -314,16 +298,16 @@ def test_stochastic_depth_at_every_map_size(cls, arch):
         for grad in (False, True):
             calls.clear()
             with torch.set_grad_enabled(grad):
-                model.train()(torch.randn(4, 3, *size))
+                model.train()(torch.randn(4, 3, *size, device=device))
             assert len(calls) == len(paths) and any(calls)
     calls.clear()
     with torch.no_grad():
-        model.eval()(torch.randn(4, 3, 32, 32))
+        model.eval()(torch.randn(4, 3, 32, 32, device=device))
     assert len(calls) == len(paths) and not any(calls)
 
 
 @pytest.mark.parametrize('masked', [False, True])
-def test_window_msa_equals_mmpretrain(masked):
+def test_window_msa_equals_mmpretrain(device, masked):
     """Same parameters, outputs and gradients (input and every parameter)
     as mmpretrain's WindowMSA (two images of three windows)."""
     from mmpretrain.models.utils import WindowMSA as Reference
@@ -335,8 +319,10 @@ def test_window_msa_equals_mmpretrain(masked):
     ours.load_state_dict(ref.state_dict(), strict=False)
     assert torch.equal(ours.relative_position_index,
                        ref.relative_position_index)
-    x = torch.randn(6, 16, 32)
-    mask = (torch.rand(3, 16, 16) > .5) * -100. if masked else None
+    ref, ours = ref.to(device), ours.to(device)
+    x = torch.randn(6, 16, 32, device=device)
+    mask = ((torch.rand(3, 16, 16) > .5) * -100.).to(device) \
+        if masked else None
     results = []
     for m in (ref, ours):
         xi = x.clone().requires_grad_()
@@ -389,12 +375,13 @@ def test_frozen_stages(cls, arch):
 
 
 @pytest.mark.parametrize('cls, arch', FAMILIES)
-def test_with_cp_matches_plain_forward_and_backward(cls, arch):
+def test_with_cp_matches_plain_forward_and_backward(device, cls, arch):
     torch.manual_seed(0)
     plain = cls(arch=arch, drop_path_rate=0.)
     ckpt = cls(arch=arch, drop_path_rate=0., with_cp=True)
     ckpt.load_state_dict(plain.state_dict())
-    x = torch.rand(2, 3, 67, 75)
+    plain, ckpt = plain.to(device), ckpt.to(device)
+    x = torch.rand(2, 3, 67, 75, device=device)
     grads = []
     for model in (plain, ckpt):
         model.zero_grad()
@@ -430,25 +417,6 @@ def test_init_cfg_forms(cls, arch, init_cfg):
     w = next(m for m in model.modules() if isinstance(m, nn.Linear))
     std = .02 if init_cfg is None else .05  # the init_cfg's initialiser
     assert std * 0.8 < w.weight.std() < std * 1.2
-
-
-def test_init_info_reports_what_initialised_each_parameter(monkeypatch):
-    """MMEngine's per-parameter initialisation report does not call a
-    re-initialised parameter 'the same before and after'."""
-    report = {}
-
-    def dump(self):
-        report.update((name, self._params_init_info[p]['init_info'])
-                      for name, p in self.named_parameters())
-
-    monkeypatch.setattr(PolaPVT, '_dump_init_info', dump)
-    model = PolaPVT(arch=TINY_PVT, init_cfg=dict(type='TruncNormal',
-                                                 layer='Linear', std=.05))
-    model.init_weights()
-    assert 'init_from_scratch' in report['pos_embed1']
-    assert 'TruncNormal' in report['block1.0.attn.qg.weight']
-    # zero-initialised Pola parameters keep their value, truthfully
-    assert 'same before and after' in report['block1.0.attn.power']
 
 
 @pytest.mark.parametrize('cls, arch', FAMILIES)
@@ -522,8 +490,7 @@ def test_bad_inputs(cls, arch):
 
 @pytest.mark.parametrize('registry', ['mmdet', 'mmseg', 'mmpretrain'])
 def test_build_from_each_package_registry(registry):
-    import importlib
-    MODELS = importlib.import_module(f'{registry}.registry').MODELS
+    MODELS = pytest.importorskip(f'{registry}.registry').MODELS
     for name, arch in (('PolaPVT', TINY_PVT), ('PolaSwin', TINY_SWIN)):
         model = MODELS.build(dict(type=name, arch=arch))
         assert type(model).__name__ == name

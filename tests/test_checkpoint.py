@@ -1,4 +1,5 @@
-"""Released checkpoints: reading, key mapping, resizing, clear errors."""
+"""Released checkpoints: reading, key mapping, resizing, clear errors; the
+models they load into live on the test device."""
 import sys
 
 import pytest
@@ -6,8 +7,7 @@ import torch
 from mmengine.registry import MODELS
 
 import mmpola  # noqa: F401
-from mmpola.checkpoint import (backbone_state_from_file, load_pretrained,
-                               read_checkpoint)
+from mmpola.checkpoint import load_pretrained, read_checkpoint
 from mmpola.testing import (OFFICIAL_MODELS, make_official_checkpoint,
                             official_shapes)
 from mmpola.utils.torch_load import InertCfgNode
@@ -41,13 +41,13 @@ def test_released_file_reads_without_yacs(pvt_tiny_file):
 
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL_MODELS))
-def test_every_released_layout_loads_into_its_preset(name, tmp_path):
+def test_every_released_layout_loads_into_its_preset(device, name, tmp_path):
     """Keys and shapes of each released model (random values) load with no
     missing key but the new output norms and no unexpected key but the
     head, the rebuilt buffers and PVT's unused final norm."""
     path = tmp_path / f'{name}.pth'
     make_official_checkpoint(name, str(path))
-    model = build(name)
+    model = build(name).to(device)
     report = load_pretrained(model, str(path))
     shapes = official_shapes(name)
     assert not report['resized']
@@ -61,7 +61,7 @@ def test_every_released_layout_loads_into_its_preset(name, tmp_path):
     key = ('block1.0.attn.positional_encoding'
            if 'pvt' in name else 'layers.0.blocks.0.attn.positional_encoding')
     ref = read_checkpoint(str(path))['model'][key]
-    torch.testing.assert_close(model.state_dict()[key], ref)
+    torch.testing.assert_close(model.state_dict()[key].cpu(), ref)
 
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL_MODELS))
@@ -105,18 +105,24 @@ def test_pvt_pos_embed_resized(pvt_tiny_file):
     assert model.pos_embed1.shape == (1, 64 * 64, 64)
 
 
+def mmpola_layout_file(tmp_path, released_file, name='pola_pvt_tiny'):
+    """A detector-style file (``backbone.*`` keys in mmpola's layout) of the
+    released file's backbone, and the backbone it came from."""
+    model = build(name)
+    load_pretrained(model, released_file)
+    path = tmp_path / 'converted.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in
+                               model.state_dict().items()}}, path)
+    return str(path), model
+
+
 def test_converted_layout_loads(tmp_path, pvt_tiny_file):
     """A file with ``backbone.*`` keys in mmpola's layout loads the same."""
-    state, _, _ = backbone_state_from_file(pvt_tiny_file, "pvt")
-    path = tmp_path / 'converted.pth'
-    torch.save({'state_dict': {f'backbone.{k}': v
-                               for k, v in state.items()}}, path)
-    a, b = build('pola_pvt_tiny'), build('pola_pvt_tiny')
-    load_pretrained(a, pvt_tiny_file)
-    load_pretrained(b, str(path))
-    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
-        if not k.startswith('norm'):
-            torch.testing.assert_close(v, w)
+    path, a = mmpola_layout_file(tmp_path, pvt_tiny_file)
+    b = build('pola_pvt_tiny')
+    report = load_pretrained(b, path)
+    assert not report['resized'] and not report['new']
+    _same_state(a, b)
 
 
 def test_missing_file_names_the_path():
@@ -156,11 +162,11 @@ def _same_state(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], msg=k)
+        torch.testing.assert_close(sa[k].cpu(), sb[k].cpu(), msg=k)
 
 
 @pytest.mark.parametrize('name', ['pola_pvt_tiny', 'pola_swin_tiny_patch4_224'])
-def test_load_checkpoint_of_released_file_converts(name, tmp_path):
+def test_load_checkpoint_of_released_file_converts(device, name, tmp_path):
     """``mmengine.runner.load_checkpoint(backbone, released_file)`` and
     ``backbone.load_state_dict(released_state_dict)`` give what
     ``init_cfg=Pretrained`` gives (keys mapped, Swin's merging weights in
@@ -173,7 +179,7 @@ def test_load_checkpoint_of_released_file_converts(name, tmp_path):
     load_pretrained(ref, str(path))
     for load in ('mmengine', 'torch'):
         torch.manual_seed(0)  # the same new output norms as ref
-        model = build(name)
+        model = build(name).to(device)
         if load == 'mmengine':
             load_checkpoint(model, str(path), map_location='cpu')
         else:
@@ -182,7 +188,7 @@ def test_load_checkpoint_of_released_file_converts(name, tmp_path):
     if 'swin' in name:  # permuted once, at load
         from mmpola.checkpoint import _merging_to_mmcv
         key = 'layers.0.downsample.reduction.weight'
-        torch.testing.assert_close(model.state_dict()[key],
+        torch.testing.assert_close(model.state_dict()[key].cpu(),
                                    _merging_to_mmcv(released[key]))
 
 
@@ -198,10 +204,7 @@ def test_backbone_keys_of_another_size_are_resized_on_load_from(
     """A detector's ``load_from`` with ``backbone.*`` keys made for 224
     loads into a backbone built for 256 (grids resized)."""
     from mmengine.runner import load_checkpoint
-    state, _, _ = backbone_state_from_file(pvt_tiny_file, 'pvt')
-    path = tmp_path / 'det.pth'
-    torch.save({'state_dict': {f'backbone.{k}': v
-                               for k, v in state.items()}}, path)
+    path, _ = mmpola_layout_file(tmp_path, pvt_tiny_file)
     det = _Detector(type='PolaPVT', arch='tiny', pretrain_img_size=256)
     load_checkpoint(det, str(path), map_location='cpu')
     ref = build('pola_pvt_tiny', pretrain_img_size=256)

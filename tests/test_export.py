@@ -1,5 +1,6 @@
 """Both backbones through torch.compile, torch.export and ONNX (both
-exporters, run with ONNX Runtime), on tiny archs at fixed sizes."""
+exporters, run with ONNX Runtime on the CPU), on tiny archs at fixed sizes,
+built on the test device."""
 import inspect
 
 import pytest
@@ -31,7 +32,7 @@ CASES = {
 }
 
 
-def build(case, drop_path_rate=0.):
+def build(case, device, drop_path_rate=0.):
     cls, kwargs, hw = CASES[case]
     torch.manual_seed(0)
     model = cls(drop_path_rate=drop_path_rate, **kwargs)
@@ -40,7 +41,7 @@ def build(case, drop_path_rate=0.):
         for name, p in model.named_parameters():
             if name.endswith(('power', 'scale', 'positional_encoding')):
                 p.normal_(0, 0.5)
-    return model.eval(), torch.rand(2, 3, *hw)
+    return model.eval().to(device), torch.rand(2, 3, *hw).to(device)
 
 
 def rel(a, b):
@@ -50,8 +51,8 @@ def rel(a, b):
 @old_dynamo
 @pytest.mark.parametrize('grad', [False, True])
 @pytest.mark.parametrize('case', ['pvt', 'swin'])
-def test_torch_export(case, grad):
-    model, x = build(case)
+def test_torch_export(device, case, grad):
+    model, x = build(case, device)
     with torch.no_grad():
         ref = model(x)
     with torch.set_grad_enabled(grad):
@@ -64,7 +65,7 @@ def test_torch_export(case, grad):
 
 @pytest.mark.parametrize('dynamo', [False, True])
 @pytest.mark.parametrize('case', ['pvt', 'swin'])
-def test_onnx_export_runs_in_onnxruntime(tmp_path, case, dynamo):
+def test_onnx_export_runs_in_onnxruntime(device, tmp_path, case, dynamo):
     """Both exporters (TorchScript: the one mmdeploy uses; dynamo), ONNX
     Runtime within 1e-4 relative of PyTorch."""
     pytest.importorskip('onnx')
@@ -75,7 +76,7 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path, case, dynamo):
         if not takes_dynamo:
             pytest.skip(f'torch {torch.__version__}: torch.onnx.export has '
                         'no dynamo=True (torch >= 2.5)')
-    model, x = build(case)
+    model, x = build(case, device)
     with torch.no_grad():
         ref = model(x)
     path = str(tmp_path / f'{case}.onnx')
@@ -87,19 +88,19 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path, case, dynamo):
         torch.onnx.export(model, (x, ), path, input_names=['x'],
                           output_names=names, **kwargs)
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    outs = session.run(names, {'x': x.numpy()})
+    outs = session.run(names, {'x': x.cpu().numpy()})
     for a, b in zip(outs, ref):
         assert a.shape == tuple(b.shape)
-        assert rel(torch.from_numpy(a), b) < 1e-4
+        assert rel(torch.from_numpy(a), b.cpu()) < 1e-4
 
 
 @old_dynamo
 @pytest.mark.slow
 @pytest.mark.parametrize('case', ['pvt', 'swin'])
-def test_torch_compile_matches_eager(case):
+def test_torch_compile_matches_eager(device, case):
     """Inductor: the same outputs in eval, and the same loss and gradients
     for a training step (no stochastic depth: deterministic)."""
-    model, x = build(case)
+    model, x = build(case, device)
     # fresh Dynamo caches, static shapes: a frame compiled by an earlier
     # test at another size would otherwise be recompiled with dynamic
     # shapes here (sympy then takes tens of minutes on the window padding)
@@ -120,3 +121,20 @@ def test_torch_compile_matches_eager(case):
     scale = max(g.abs().max() for g in grads[0][1:])
     for a, b in zip(grads[0][1:], grads[1][1:]):
         assert (a - b).abs().max() < 1e-4 * scale
+
+
+@pytest.mark.parametrize('case', ['pvt', 'swin'])
+def test_dynamo_capture_matches_eager(device, case):
+    """torch.compile's graph capture (Dynamo, the 'eager' backend: no code
+    generation) on every supported torch, 2.1 included: the reference core
+    runs in the graph and the outputs equal the eager model's."""
+    model, x = build(case, device)
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            ref = model(x)
+            out = torch.compile(model, backend='eager', dynamic=False)(x)
+    finally:  # no compiled frames left for later tests
+        torch._dynamo.reset()
+    for a, b in zip(out, ref):
+        assert rel(a, b) < 1e-5

@@ -1,11 +1,10 @@
-"""mmpola.ops: every implementation of the Pola core against the reference
-(the released formulation), outputs and gradients; the switch."""
+"""mmpola.ops: the fast core against the reference (the released
+formulation), outputs and gradients, on the test device; the switch."""
 import pytest
 import torch
 
 import mmpola.ops as ops
-from mmpola.ops import fast as fast_mod
-from mmpola.ops.reference import released_pola_core
+from mmpola.ops import pola_attention_reference
 
 IMPLS = sorted(ops.IMPLEMENTATIONS)
 
@@ -27,72 +26,99 @@ def impl_fn(impl):
     return lambda *args: ops.pola_linear_attention(*args, impl=impl)
 
 
-def released(q, k, v, p, key_mask=None):
-    return released_pola_core(q, k, v, p)
+def randn(*shape, device, scale=1.):
+    return torch.randn(*shape).to(device) * scale
 
 
 # (N = 1 is left out: the output is then v whatever q, so dq is rounding.)
 @pytest.mark.parametrize('impl', IMPLS)
-@pytest.mark.parametrize('B, heads, N, d, masked', [
-    (1, 1, 97, 64, False), (3, 3, 131, 32, False), (1, 5, 49, 32, False),
-    (3, 1, 3, 64, False), (2, 2, 40, 32, True)])
-def test_implementation_matches_reference(impl, B, heads, N, d, masked):
-    """Outputs and gradients of every implementation against the released
+@pytest.mark.parametrize('B, heads, N, d', [
+    (1, 1, 97, 64), (3, 3, 131, 32), (1, 5, 49, 32), (3, 1, 3, 64)])
+def test_implementation_matches_reference(device, impl, B, heads, N, d):
+    """Outputs and gradients of each implementation against the released
     formulation in float32, and no further from the exact (float64) value
-    than the float32 released code is; padded keys (whatever their values)
-    leave the real tokens' result equal to attention over the real keys."""
+    than the float32 released formulation is."""
     torch.manual_seed(N)
-    q, k, v = (torch.randn(B, heads, N, d) for _ in range(3))
-    power = torch.randn(1, heads, 1, d)
-    grad_out = torch.randn(B, heads, N, d)
-    if not masked:
-        mine = run(impl_fn(impl), q, k, v, power, grad_out)
-        ref = run(released, q, k, v, power, grad_out)
-        exact = run(released, *(t.double() for t in (q, k, v, power)),
-                    grad_out.double())
-        for name, a, b, c in zip(['out', 'dq', 'dk', 'dv', 'dpower'], mine,
-                                 ref, exact):
-            assert rel(a, b) < 1e-5, name
-            assert rel(a.double(), c) < max(4 * rel(b.double(), c),
-                                            1e-5), name
-        return
-    keep = 29
-    mask = torch.ones(B, 1, N, 1)
+    q, k, v, grad_out = (randn(B, heads, N, d, device=device)
+                         for _ in range(4))
+    power = randn(1, heads, 1, d, device=device)
+    mine = run(impl_fn(impl), q, k, v, power, grad_out)
+    ref = run(pola_attention_reference, q, k, v, power, grad_out)
+    exact = run(pola_attention_reference,
+                *(t.double() for t in (q, k, v, power)), grad_out.double())
+    for name, a, b, c in zip(['out', 'dq', 'dk', 'dv', 'dpower'], mine, ref,
+                             exact):
+        assert rel(a, b) < 1e-5, name
+        assert rel(a.double(), c) < max(4 * rel(b.double(), c), 1e-5), name
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_padded_keys_are_left_out(device, impl):
+    """With a key mask, the real tokens' outputs and gradients equal
+    attention over the real keys alone, whatever the padded keys hold; the
+    padded keys get no gradient."""
+    torch.manual_seed(0)
+    B, heads, N, d, keep = 2, 2, 40, 32, 29
+    q, k, v, grad_out = (randn(B, heads, N, d, device=device)
+                         for _ in range(4))
+    power = randn(1, heads, 1, d, device=device)
+    mask = torch.ones(B, 1, N, 1, device=device)
     mask[:, :, keep:] = 0
     k[:, :, keep:] += 100  # garbage, like a bias-only padded token
     v[:, :, keep:] -= 50
     mine = run(impl_fn(impl), q, k, v, power, grad_out, mask)
-    ref = run(released, q, k[:, :, :keep], v[:, :, :keep], power, grad_out)
-    for name, a, b in zip(['out', 'dq', 'dpower'],
-                          [mine[0], mine[1], mine[4]],
-                          [ref[0], ref[1], ref[4]]):
-        assert rel(a, b) < 1e-5, name
+    ref = run(pola_attention_reference, q, k[:, :, :keep], v[:, :, :keep],
+              power, grad_out)
+    for name, i in (('out', 0), ('dq', 1), ('dpower', 4)):
+        assert rel(mine[i], ref[i]) < 1e-5, name
     assert rel(mine[2][:, :, :keep], ref[2]) < 1e-5
     assert rel(mine[3][:, :, :keep], ref[3]) < 1e-5
     assert mine[2][:, :, keep:].abs().max() == 0
+    assert mine[3][:, :, keep:].abs().max() == 0
+
+
+def test_fast_in_many_token_blocks(device, monkeypatch):
+    """The fast core over many small, uneven token blocks, with a mask."""
+    from mmpola.ops import fast
+    monkeypatch.setattr(fast, 'BLOCK_ELEMENTS', 1)  # 64 tokens per block
+    torch.manual_seed(0)
+    B, heads, N, d = 2, 3, 517, 32
+    q, k, v, grad_out = (randn(B, heads, N, d, device=device)
+                         for _ in range(4))
+    power = randn(1, heads, 1, d, device=device)
+    mask = (torch.rand(B, 1, N, 1) > 0.2).float().to(device)
+    for key_mask in (None, mask):
+        for name, a, b in zip(
+                ['out', 'dq', 'dk', 'dv', 'dpower'],
+                run(impl_fn('fast'), q, k, v, power, grad_out, key_mask),
+                run(pola_attention_reference, q, k, v, power, grad_out,
+                    key_mask)):
+            assert rel(a, b) < 1e-5, name
 
 
 @pytest.mark.parametrize('impl', IMPLS)
-def test_gradcheck_float64_with_mask(impl):
+def test_gradcheck_float64_with_mask(device, impl):
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, 2, 9, 4, dtype=torch.float64,
-                           requires_grad=True) for _ in range(3))
-    p = (1 + 4 * torch.rand(1, 2, 1, 4, dtype=torch.float64)).requires_grad_()
-    mask = torch.ones(1, 1, 9, 1, dtype=torch.float64)
+                           device=device, requires_grad=True)
+               for _ in range(3))
+    p = (1 + 4 * torch.rand(1, 2, 1, 4, dtype=torch.float64,
+                            device=device)).requires_grad_()
+    mask = torch.ones(1, 1, 9, 1, dtype=torch.float64, device=device)
     mask[:, :, 6:] = 0
     assert torch.autograd.gradcheck(
         lambda *t: ops.pola_linear_attention(*t, key_mask=mask, impl=impl),
         (q, k, v, p))
 
 
-def test_fast_gradients_are_first_order_with_a_clear_error():
+def test_fast_gradients_are_first_order_with_a_clear_error(device):
     """A backward with create_graph=True gives the same first-order
     gradients; differentiating them again raises a named error instead of
     failing inside the hand-written backward."""
     torch.manual_seed(3)
-    q, k, v = (torch.randn(1, 2, 7, 4, requires_grad=True)
+    q, k, v = (randn(1, 2, 7, 4, device=device).requires_grad_()
                for _ in range(3))
-    p = (1 + 4 * torch.rand(1, 2, 1, 4)).requires_grad_()
+    p = (1 + 4 * torch.rand(1, 2, 1, 4, device=device)).requires_grad_()
     grads = {}
     for impl in ('fast', 'reference'):
         out = ops.pola_linear_attention(q, k, v, p, impl=impl)
@@ -104,32 +130,20 @@ def test_fast_gradients_are_first_order_with_a_clear_error():
         grads['fast'][0].sum().backward()
 
 
-def test_fast_in_many_token_blocks(monkeypatch):
-    """The fast core over many small, uneven token blocks."""
-    monkeypatch.setattr(fast_mod, 'CPU_BLOCK_ELEMENTS', 1)  # 64 tokens
-    torch.manual_seed(0)
-    B, heads, N, d = 2, 3, 517, 32
-    assert len(fast_mod._token_blocks(torch.empty(B, heads, N, d))) > 5
-    q, k, v = (torch.randn(B, heads, N, d) for _ in range(3))
-    power, grad_out = torch.randn(1, heads, 1, d), torch.randn(B, heads, N, d)
-    for a, b in zip(run(impl_fn('fast'), q, k, v, power, grad_out),
-                    run(released, q, k, v, power, grad_out)):
-        assert rel(a, b) < 1e-5
-
-
 @pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
-def test_low_precision_inputs_computed_in_float32(impl, dtype):
+def test_low_precision_inputs_computed_in_float32(device, impl, dtype):
     """|q| of 50 raised to p ~ 5 overflows float16: the core computes in
     float32 and returns the inputs' dtype, also under autocast."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 30, 16) * s for s in (50, 50, 1))
-    p = torch.full((1, 2, 1, 16), 4.9)
+    q, k, v = (randn(2, 2, 30, 16, device=device, scale=s)
+               for s in (50, 50, 1))
+    p = torch.full((1, 2, 1, 16), 4.9, device=device)
     assert not torch.isfinite((q.abs().half() ** 5)).all()
-    ref = released_pola_core(*(t.to(dtype).double() for t in (q, k, v)),
-                             p.double())
-    for ctx in (torch.autocast('cpu', dtype=torch.bfloat16),
-                torch.autocast('cpu', enabled=False)):
+    ref = pola_attention_reference(
+        *(t.to(dtype).double() for t in (q, k, v)), p.double())
+    for ctx in (torch.autocast(device.type, dtype=torch.bfloat16),
+                torch.autocast(device.type, enabled=False)):
         with ctx:
             out = ops.pola_linear_attention(
                 *(t.to(dtype) for t in (q, k, v)), p, impl=impl)
@@ -141,32 +155,33 @@ def test_low_precision_inputs_computed_in_float32(impl, dtype):
 
 
 @pytest.mark.parametrize('impl', IMPLS)
-def test_finite_gradients_with_flush_denormal(impl):
+def test_finite_gradients_at_zero_with_flush_denormal(device, impl):
     """q and k elements exactly 0 (as ReLU-like inputs give): finite
-    gradients with denormals flushed to zero."""
+    gradients, also with denormals flushed to zero (CPU)."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
+    q, k, v = (randn(2, 2, 16, 8, device=device) for _ in range(3))
     q[..., :3, :4] = 0
     k[..., 5:, 2:] = 0
-    power = torch.randn(1, 2, 1, 8)
-    if not torch.set_flush_denormal(True):
-        pytest.skip('this CPU cannot flush denormals')
+    power = randn(1, 2, 1, 8, device=device)
+    flushed = device.type == 'cpu' and torch.set_flush_denormal(True)
     try:
-        assert (torch.tensor(1e-30) * 1e-9).item() == 0  # flushed
-        grads = run(impl_fn(impl), q, k, v, power, torch.randn(2, 2, 16, 8))
+        if flushed:
+            assert (torch.tensor(1e-30) * 1e-9).item() == 0
+        grads = run(impl_fn(impl), q, k, v, power,
+                    randn(2, 2, 16, 8, device=device))
     finally:
         torch.set_flush_denormal(False)
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_switch_precedence(monkeypatch):
+def test_switch_precedence(device, monkeypatch):
     """impl= argument > set_pola_impl / pola_impl > MMPOLA_POLA_IMPL >
-    'auto' ('fast' on the CPU)."""
+    'auto' ('fast' for CPU tensors, 'reference' on other devices)."""
     calls = []
     for name in IMPLS:
         monkeypatch.setitem(ops.IMPLEMENTATIONS, name,
-                            lambda *a, name=name: calls.append(name))
-    q = torch.randn(1, 1, 4, 4)
+                            lambda q, *a, name=name: calls.append(name) or q)
+    q = torch.randn(1, 1, 4, 4, device=device)
 
     def used(**kwargs):
         calls.clear()
@@ -175,7 +190,8 @@ def test_switch_precedence(monkeypatch):
 
     monkeypatch.delenv(ops.ENV_VAR, raising=False)
     ops.set_pola_impl(None)
-    assert ops.get_pola_impl() == 'auto' and used() == 'fast'
+    auto = 'fast' if device.type == 'cpu' else 'reference'
+    assert ops.get_pola_impl() == 'auto' and used() == auto
     monkeypatch.setenv(ops.ENV_VAR, 'reference')
     assert ops.get_pola_impl() == 'reference' and used() == 'reference'
     assert used(impl='fast') == 'fast'
@@ -196,21 +212,21 @@ def test_switch_precedence(monkeypatch):
         used(impl='turbo')
 
 
-def test_tracing_uses_the_reference(monkeypatch):
+def test_tracing_uses_the_reference(device, monkeypatch):
     """While traced (here torch.jit.trace, as the TorchScript ONNX exporter
     does), the reference runs even when 'fast' is chosen."""
     calls = []
-    original = ops.IMPLEMENTATIONS['reference']
     monkeypatch.setitem(ops.IMPLEMENTATIONS, 'reference',
-                        lambda *a: calls.append(1) or original(*a))
+                        lambda *a: calls.append(1) or
+                        pola_attention_reference(*a))
     torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 10, 8) for _ in range(3))
-    p = torch.full((1, 2, 1, 8), 2.)
+    q, k, v = (randn(1, 2, 10, 8, device=device) for _ in range(3))
+    p = torch.full((1, 2, 1, 8), 2., device=device)
     with ops.pola_impl('fast'):
         ops.pola_linear_attention(q, k, v, p)
         assert not calls
         traced = torch.jit.trace(
             lambda q, k, v: ops.pola_linear_attention(q, k, v, p), (q, k, v))
     assert calls
-    torch.testing.assert_close(traced(q, k, v), released_pola_core(q, k, v,
-                                                                   p))
+    torch.testing.assert_close(traced(q, k, v),
+                               pola_attention_reference(q, k, v, p))

@@ -11,7 +11,7 @@
 #       .whl/*.whl into /tmp/site and runs tools/gpu_check.py --out OUT.
 #
 # Environment: PY (python that builds the mmcv wheel, default .venv/bin/python),
-# MMPOLA_CACHE (default ~/.cache/mmpola), BUDGET_S (run: default 420).
+# MMPOLA_CACHE (default ~/.cache/mmpola).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -84,8 +84,7 @@ run() {
         export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     fi
     command -v nvidia-smi >/dev/null && nvidia-smi -L || true
-    PYTHONUNBUFFERED=1 python3 tools/gpu_check.py --out "$out" \
-        --budget-s "${BUDGET_S:-420}" "$@"
+    PYTHONUNBUFFERED=1 python3 tools/gpu_check.py --out "$out" "$@"
 }
 
 case "${1:-}" in

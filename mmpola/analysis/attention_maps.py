@@ -3,7 +3,7 @@ computed from the same queries and keys (PolaFormer, Figures 1 and 5).
 
 Effective weights of the released Pola core. Per head, with
 ``q_sim = [relu(q)**p, relu(-q)**p]``, ``q_opp = [relu(-q)**p, relu(q)**p]``
-and ``k' = [relu(k)**p, relu(-k)**p]`` (``released_pola_core``)::
+and ``k' = [relu(k)**p, relu(-k)**p]`` (``ops.pola_attention_reference``)::
 
     x_sim_i = q_sim_i @ (k'^T v1 / n) / (q_sim_i @ mean(k') + eps)
             = sum_j (q_sim_i . k'_j) v1_j / (sum_j q_sim_i . k'_j + n eps)
@@ -30,7 +30,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from mmpola.ops import polarity_features
+from mmpola.ops.fast import polarity_features
 
 METHODS = ('softmax', 'relu', 'pola_sim', 'pola_opp', 'pola')
 
@@ -55,10 +55,10 @@ def capture_qkvp(model, module, *inputs):
 
     The core's arguments are taken as they are (``source='core'``: the
     module's own q and k, nothing recomputed); should the module not reach
-    ``mmpola.models.pola_attention.pola_linear_attention``, they are
+    ``mmpola.layers.pola_attention.pola_linear_attention``, they are
     recomputed from its input with ``pola_qkvp`` (``source='recomputed'``).
     """
-    import mmpola.models.pola_attention as pa
+    import mmpola.layers.pola_attention as pa
     original = pa.pola_linear_attention
     seen, active = {}, []
 
@@ -143,8 +143,8 @@ def attention_weights(q, k, p=None, methods=METHODS, eps: float = 0.,
         out['relu'] = _normalise(scores, uniform_if_zero=True)
     if any(m.startswith('pola') for m in methods):
         assert p is not None, 'Pola weights need the exponents p'
-        kf = polarity_features(k, p).transpose(-2, -1)        # (.., 2d, Nk)
-        qs = polarity_features(q, p)                          # (.., Nq, 2d)
+        kf = polarity_features(k, p)[0].transpose(-2, -1)     # (.., 2d, Nk)
+        qs = polarity_features(q, p)[0]                       # (.., Nq, 2d)
         qo = torch.cat([qs[..., d:], qs[..., :d]], dim=-1)    # q_opp
         n = k.shape[-2] if keep is None else int(keep.sum())
         sims = {}

@@ -70,7 +70,7 @@ EXTRA_HANDLES = {
 
 def pola_core_breakdown(batch: int, heads: int, n_query: int, n_key: int,
                         head_dims: int) -> Dict[str, int]:
-    """Operation counts of the released Pola core (``released_pola_core``).
+    """Operation counts of the released Pola core (``mmpola.ops.pola_attention_reference``).
 
     Matrix products in multiply-adds, element-wise operations one per output
     element (a reduction: one per input element). Per batch and head, with
@@ -153,7 +153,7 @@ def intercept_pola(model: nn.Module):
     """While active, every ``PolaAttention`` call of ``model`` is recorded
     (module -> list of (B, N, C, core_intercepted)) and its core runs as the
     opaque ``PolaCoreCount`` op."""
-    import mmpola.models.pola_attention as pa
+    import mmpola.layers.pola_attention as pa
     original = pa.pola_linear_attention
     calls: Dict[nn.Module, List[list]] = {}
     current: List[list] = []

@@ -44,6 +44,9 @@ NAMED = {
     'pola_swin_t': (dict(type='PolaSwin', arch='tiny'),
                     'Pola-Swin-T backbone (global Pola stages)'),
     'swin_t': (MMDET_SWIN_T, 'mmdet Swin-T backbone'),
+    'swin_t_mmpretrain': (dict(type='mmpretrain.SwinTransformer',
+                               arch='tiny', out_indices=(0, 1, 2, 3)),
+                          'mmpretrain Swin-T backbone (no mmcv ops needed)'),
     'retinanet_pola_pvt_t': (
         'configs/mmdet/pola_pvt/retinanet_pola-pvt-t_fpn_1x_coco.py',
         'RetinaNet + Pola-PVT-T'),

@@ -5,27 +5,9 @@ from mmcv.cnn.bricks.transformer import PatchEmbed
 from mmengine.model import BaseModule, ModuleList
 from mmengine.registry import MODELS
 
-from . import cpu_executor
+from ..layers import PolaAttention, resize_grid_tokens
 from .backbone_utils import (DenseBackboneMixin, PreNormBlock, check_int,
                              static_hw)
-from .pola_attention import PolaAttention, resize_grid_tokens
-
-
-class PolaPVTBlock(PreNormBlock):
-    """Pre-norm transformer block with global Pola attention
-    (``norm1``, ``attn``, ``drop_path``, ``norm2``, ``ffn``).
-
-    Shapes:
-        forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
-    """
-
-    def __init__(self, embed_dims, num_heads, mlp_ratio, pretrain_hw,
-                 drop_rate=0., drop_path_rate=0., with_cp=False,
-                 norm_cfg=dict(type='LN', eps=1e-6), init_cfg=None):
-        super().__init__(embed_dims, mlp_ratio, drop_rate, drop_path_rate,
-                         with_cp, norm_cfg, init_cfg)
-        self.attn = PolaAttention(embed_dims, num_heads, pretrain_hw,
-                                  fused_qkvg=False, proj_drop=drop_rate)
 
 
 @MODELS.register_module()
@@ -33,10 +15,8 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
     """Pola-PVT backbone (PolaFormer, ICLR 2025) for any input size.
 
     PVT v1 layout without spatial reduction; every block uses global
-    polarity-aware linear attention. Loads the released ImageNet checkpoints
-    (``init_cfg=dict(type='Pretrained', checkpoint=PATH)``, or
-    ``load_state_dict`` / ``mmengine.runner.load_checkpoint`` of a released
-    file: keys are converted and grids resized on the way in).
+    polarity-aware linear attention. Released checkpoints load through
+    every route (:mod:`mmpola.checkpoint`).
 
     Args:
         arch (str | dict): 'tiny', 'small', 'medium', 'large' (or 't', 's',
@@ -53,19 +33,17 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
             released classifier applies no final norm; set False for it).
         drop_rate (float): dropout rate.
         drop_path_rate (float): stochastic depth, linear over blocks.
-        frozen_stages (int): -1 none, 0 stage 1's patch embedding and
-            position embedding, i>0 stages 1..i entirely.
+        frozen_stages (int): -1 none, 0 stage 1's patch and position
+            embeddings, i > 0 stages 1..i.
         with_cp (bool): gradient checkpointing per block.
-        norm_cfg (dict): block norms (LayerNorm eps 1e-6 as released); the
-            patch embeddings use LayerNorm eps 1e-5 as released.
-        init_cfg (dict | list[dict], optional): MMEngine initialisers, e.g.
-            ``dict(type='Pretrained', checkpoint=PATH)``; position
-            embeddings and Pola parameters are initialised whatever it is.
+        norm_cfg (dict): block norms (patch embeddings: LayerNorm eps 1e-5).
+        init_cfg (dict | list[dict], optional): MMEngine initialisers
+            (None: the released from-scratch values), e.g.
+            ``dict(type='Pretrained', checkpoint=PATH)``.
 
     Shapes:
-        input (B, in_channels, H, W), B >= 1 (an empty batch or an
-        unbatched image raises ValueError), any H, W ->
-        tuple of (B, C_i, ceil(H / 4 / 2^i), ceil(W / 4 / 2^i)).
+        (B, in_channels, H, W), B >= 1, any H, W -> tuple of
+        (B, embed_dims[i], ceil(H / (4 * 2^i)), ceil(W / (4 * 2^i))).
 
     Example:
         >>> import torch, mmpola
@@ -113,9 +91,8 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
         check_int('pretrain_img_size', pretrain_img_size, 1)
         self.in_channels = check_int('in_channels', in_channels, 1)
         self.num_features = list(dims)
-        self.out_indices = self.check_out_indices(out_indices)
-        self.check_common_args(out_norms, frozen_stages, init_cfg)
-        self.frozen_stages = frozen_stages
+        self.check_common_args(out_indices, out_norms, frozen_stages,
+                               init_cfg)
         self.pretrain_img_size = pretrain_img_size
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -131,16 +108,15 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
             self.register_parameter(f'pos_embed{i + 1}', nn.Parameter(
                 torch.zeros(1, grid * grid, dims[i])))
             self.add_module(f'block{i + 1}', ModuleList([
-                PolaPVTBlock(dims[i], num_heads[i], mlp_ratios[i],
-                             (grid, grid), drop_rate=drop_rate,
-                             drop_path_rate=dpr[sum(depths[:i]) + j],
-                             with_cp=with_cp, norm_cfg=norm_cfg)
+                PreNormBlock(dims[i], mlp_ratios[i], drop_rate,
+                             dpr[sum(depths[:i]) + j], with_cp, norm_cfg,
+                             attn=PolaAttention(dims[i], num_heads[i],
+                                                (grid, grid),
+                                                proj_drop=drop_rate))
                 for j in range(depths[i])
             ]))
         self.pos_drop = nn.Dropout(drop_rate)
         self.add_out_norms(out_norms, norm_cfg)
-        self._freeze_stages()
-        self.register_checkpoint_conversion()
 
     def _stem_modules(self):
         return [self.patch_embed1, self.pos_embed1]
@@ -151,14 +127,6 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
                 getattr(self, f'block{i + 1}')]
 
     def forward(self, x):
-        # the opt-in CPU executor (cpu_executor.py) runs the FFNs only when
-        # the switch is on and the whole model passes its guard
-        if not cpu_executor.executor_applies(self, x):
-            return self._forward(x)
-        with cpu_executor.executing(True):
-            return self._forward(x)
-
-    def _forward(self, x):
         self.check_input(x)
         outs = []
         for i in range(self.num_stages):
@@ -173,11 +141,7 @@ class PolaPVT(DenseBackboneMixin, BaseModule):
                 outs.append(self.format_output(i, x, hw))
             if i < self.num_stages - 1:
                 # (B, C, H, W) for the next patch embedding: a channels-last
-                # view of the tokens (no copy; the conv takes it as it is).
-                # Built by permuting (B, H, W, C): transpose + unflatten
-                # leaves a batch stride of C when B == 1, which the conv
-                # does not recognise as channels-last (a copy to NCHW and
-                # a 6x slower convolution)
+                # view of the tokens, which the conv takes without a copy
                 x = x.reshape(x.shape[0], *hw, x.shape[-1]).permute(
                     0, 3, 1, 2)
         return tuple(outs)

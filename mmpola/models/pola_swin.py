@@ -6,14 +6,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks.transformer import PatchEmbed, PatchMerging
 from mmengine.model import BaseModule, ModuleList
-from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from mmengine.utils import to_2tuple
 
-from . import cpu_executor
+from ..layers import PolaAttention
 from .backbone_utils import (DenseBackboneMixin, PreNormBlock, check_choice,
                              check_int, static_hw)
-from .pola_attention import PolaAttention
 from .windows import PAD_LABEL, shifted_window_attention
 
 ATTN_TYPES = ('pola', 'softmax')
@@ -21,13 +19,11 @@ POLA_ATTN_MODES = ('global', 'window')
 
 
 class WindowMSA(BaseModule):
-    """Window multi-head self-attention with a relative position bias (Swin
-    v1), in the released checkpoints' (and mmpretrain's ``WindowMSA``)
-    parameter layout: ``qkv``, ``proj``, ``relative_position_bias_table``
-    ((2w-1)^2, heads); ``relative_position_index`` is rebuilt from the window
-    size, never loaded. The attention itself is PyTorch's
-    ``scaled_dot_product_attention`` with the bias (and the shift / padding
-    mask) as its additive mask.
+    """Swin v1 window attention with a relative position bias, in the
+    released (and mmpretrain's) parameter layout: ``qkv``, ``proj``,
+    ``relative_position_bias_table`` ((2w-1)^2, heads); the index buffer is
+    rebuilt, never loaded. PyTorch's ``scaled_dot_product_attention`` with
+    the bias (and the shift / padding mask) as its additive mask.
 
     Shapes:
         forward(x (B*nW, w*w, C), mask (nW, w*w, w*w) or None)
@@ -58,10 +54,6 @@ class WindowMSA(BaseModule):
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def init_weights(self):
-        super().init_weights()
-        trunc_normal_(self.relative_position_bias_table, std=.02)
-
     def forward(self, x, mask=None):
         B_, N, C = x.shape
         h = self.num_heads
@@ -83,20 +75,12 @@ class WindowMSA(BaseModule):
 
 
 class PolaSwinBlock(PreNormBlock):
-    """Pre-norm Swin block with softmax window or Pola attention
-    (``norm1``, ``attn``, ``drop_path``, ``norm2``, ``ffn``).
-
-    Args:
-        embed_dims (int): C.
-        num_heads (int): attention heads.
-        attn_type (str): 'softmax' (shifted windows, relative position
-            bias) or 'pola'.
-        window_size (int): softmax window, or the Pola window in
-            ``pola_attn_mode='window'``.
-        shift (bool): shift by ``window_size // 2`` (odd blocks), dropped when
-            the map is not larger than the window, as the released code does.
-        pretrain_hw (tuple): Pola positional-encoding grid.
-        pola_attn_mode (str): 'global' or 'window' (see ``PolaSwin``).
+    """Pre-norm Swin block (``norm1``, ``attn``, ``drop_path``, ``norm2``,
+    ``ffn``) with ``attn_type`` 'softmax' (:class:`WindowMSA` in shifted
+    windows) or 'pola' (:class:`PolaAttention`, global or in windows of
+    ``window_size``: ``pola_attn_mode`` of :class:`PolaSwin`). ``shift``:
+    windows shifted by half, unless the map is not larger than the window
+    (as released); ``pretrain_hw``: the Pola positional-encoding grid.
 
     Shapes:
         forward(x (B, H*W, C), hw_shape=(H, W)) -> (B, H*W, C).
@@ -108,10 +92,9 @@ class PolaSwinBlock(PreNormBlock):
                  norm_cfg=dict(type='LN'), init_cfg=None):
         super().__init__(embed_dims, mlp_ratio, drop_rate, drop_path_rate,
                          with_cp, norm_cfg, init_cfg)
-        self.attn_type = check_choice('attn_type', attn_type, ATTN_TYPES)
-        self.pola_attn_mode = check_choice('pola_attn_mode', pola_attn_mode,
-                                           POLA_ATTN_MODES)
-        self.window_size = check_int('window_size', window_size, 1)
+        self.attn_type = attn_type
+        self.pola_attn_mode = pola_attn_mode
+        self.window_size = window_size
         self.shift = shift
         if attn_type == 'softmax':
             self.attn = WindowMSA(embed_dims, window_size, num_heads,
@@ -158,8 +141,7 @@ class PolaSwinBlock(PreNormBlock):
 
 class PolaSwinStage(BaseModule):
     """``depth`` blocks (odd ones shifted), then mmcv's ``PatchMerging``
-    (weights in mmcv's channel order; released files are converted once
-    when loaded).
+    (mmcv's channel order; released weights are converted when loaded).
 
     Shapes:
         forward(x (B, H*W, C), hw_shape) ->
@@ -200,12 +182,8 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
 
     Swin v1 layout; stages with ``attn_types == 'pola'`` (1 and 2 in every
     released model) use polarity-aware linear attention, the others shifted
-    softmax windows (:class:`WindowMSA`). Loads the released
-    ImageNet checkpoints (``init_cfg=dict(type='Pretrained',
-    checkpoint=PATH)``, or ``load_state_dict`` /
-    ``mmengine.runner.load_checkpoint`` of a released file: keys are
-    converted, merging weights put in mmcv's order and grids resized on the
-    way in).
+    softmax windows (:class:`WindowMSA`). Released checkpoints load through
+    every route (:mod:`mmpola.checkpoint`).
 
     Args:
         arch (str | dict): 'tiny', 'small', 'base' (or 't', 's', 'b') or a
@@ -216,18 +194,14 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         in_channels (int): input channels.
         patch_size (int): patch embedding stride.
         window_size (int): softmax window (7; 12 for the 384 model).
-        pola_window_size (int): the released Pola "window" (56; 96 at 384).
-            At 224 it covers the whole stage-1 map, so the released model is
-            global there.
+        pola_window_size (int): the released Pola "window" (56; 96 at 384),
+            at 224 the whole stage-1 map.
         pola_attn_mode (str): how Pola stages run on larger maps.
             'global' (default): one window over the whole map, positional
-            encodings resized to it; every token sees the whole image at
-            linear cost and the regime equals the one the weights were
-            trained in (each Pola stage was one global window at 224).
-            'window': fixed windows of the trained grid (56 in stage 1 and
-            28 in stage 2 at 224), odd blocks shifted by half a window, no
-            shift mask, positional encodings at their trained size: what
-            the released code does on maps larger than its window.
+            encodings resized to it (each Pola stage was one global window
+            in training at 224). 'window': windows of the trained grid (56
+            and 28 at 224), odd blocks shifted by half a window, no shift
+            mask: what the released code does on larger maps.
         attn_types (sequence[str]): 'pola' / 'softmax' per stage.
         mlp_ratio (float): FFN ratio.
         out_indices (int | sequence[int]): stages whose outputs are
@@ -236,19 +210,17 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
             except ``norm3``, which takes the released final ``norm``).
         drop_rate (float): dropout rate.
         drop_path_rate (float): stochastic depth, linear over blocks.
-        frozen_stages (int): -1 none, 0 the patch embedding, i>0 also
-            stages 1..i (with their output norms).
+        frozen_stages (int): -1 none, 0 the patch embedding, i > 0 also
+            stages 1..i.
         with_cp (bool): gradient checkpointing per block.
         norm_cfg (dict): norm layers (LayerNorm eps 1e-5 as released).
-        init_cfg (dict | list[dict], optional): MMEngine initialisers, e.g.
-            ``dict(type='Pretrained', checkpoint=PATH)``; relative position
-            tables and Pola parameters are initialised whatever it is.
+        init_cfg (dict | list[dict], optional): MMEngine initialisers
+            (None: the released from-scratch values), e.g.
+            ``dict(type='Pretrained', checkpoint=PATH)``.
 
     Shapes:
-        input (B, in_channels, H, W), B >= 1 (an empty batch or an
-        unbatched image raises ValueError), any H, W ->
-        tuple of (B, C_i, ceil(H / (4 * 2^i)), ceil(W / (4 * 2^i))),
-        C_i = embed_dims * 2^i.
+        (B, in_channels, H, W), B >= 1, any H, W -> tuple of
+        (B, embed_dims * 2^i, ceil(H / (4 * 2^i)), ceil(W / (4 * 2^i))).
 
     Example:
         >>> import torch, mmpola
@@ -305,9 +277,8 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         check_int('pretrain_img_size', pretrain_img_size, 1)
         self.in_channels = check_int('in_channels', in_channels, 1)
         self.num_stages = len(depths)
-        self.out_indices = self.check_out_indices(out_indices)
-        self.check_common_args(out_norms, frozen_stages, init_cfg)
-        self.frozen_stages = frozen_stages
+        self.check_common_args(out_indices, out_norms, frozen_stages,
+                               init_cfg)
         self.pretrain_img_size = pretrain_img_size
         self.pola_attn_mode = pola_attn_mode
 
@@ -335,8 +306,6 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
             self.num_features.append(dims)
             grid //= 2
         self.add_out_norms(out_norms, norm_cfg)
-        self._freeze_stages()
-        self.register_checkpoint_conversion()
 
     def _stage_modules(self, i):
         return [self.layers[i]]
@@ -345,14 +314,6 @@ class PolaSwin(DenseBackboneMixin, BaseModule):
         return [self.patch_embed]
 
     def forward(self, x):
-        # the opt-in CPU executor (cpu_executor.py) runs the FFNs only when
-        # the switch is on and the whole model passes its guard
-        if not cpu_executor.executor_applies(self, x):
-            return self._forward(x)
-        with cpu_executor.executing(True):
-            return self._forward(x)
-
-    def _forward(self, x):
         self.check_input(x)
         x, hw = self.patch_embed(x)
         hw = static_hw(hw)

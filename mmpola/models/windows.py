@@ -60,19 +60,10 @@ def window_labels(hw: Tuple[int, int], ws: int, shift: int,
 
 def shifted_window_attention(x: torch.Tensor, hw_shape: Tuple[int, int],
                              ws: int, shift: int, attend):
-    """Run ``attend(windows, labels)`` on shifted windows of a token map.
-
-    Args:
-        x (Tensor): (B, H * W, C).
-        hw_shape: (H, W).
-        ws (int): window size; the map is padded to multiples of it.
-        shift (int): cyclic shift (0 for none).
-        attend (callable): ``(windows (B*nW, ws*ws, C), labels (nW, ws*ws)
-            or None) -> (B*nW, ws*ws, C)``.
-
-    Returns:
-        Tensor: (B, H * W, C).
-    """
+    """``attend(windows (B*nW, ws*ws, C), labels (nW, ws*ws) or None) ->
+    (B*nW, ws*ws, C)`` run on the windows of x (B, H*W, C), an (H, W) map
+    padded to multiples of ``ws`` and cyclically shifted by ``shift``;
+    returns (B, H*W, C)."""
     B, N, C = x.shape
     H, W = hw_shape
     x = x.view(B, H, W, C)

@@ -1,4 +1,5 @@
-"""Helpers for tests and demos: released-layout checkpoints, fixtures."""
+"""Helpers for tests and demos: released-layout checkpoints, fixtures, the
+released attention module's forward (the oracle for ``PolaAttention``)."""
 import contextlib
 import json
 import os.path as osp
@@ -6,6 +7,9 @@ import sys
 import types
 
 import torch
+import torch.nn.functional as F
+
+from ..ops.reference import pola_attention_reference
 
 SHAPES_FILE = osp.join(osp.dirname(__file__), 'official_state_dict_shapes.json')
 
@@ -103,3 +107,32 @@ def _yacs_modules(module):
                 sys.modules.pop(m, None)
             else:
                 sys.modules[m] = old
+
+
+def released_attention_forward(m, x, hw_shape):
+    """The released attention module's forward, written literally with the
+    parameters of an mmpola ``PolaAttention`` ``m``: the oracle for the
+    layer. x: (B, N, C) tokens of an (H, W) map -> (B, N, C)."""
+    B, N, C = x.shape
+    H, W = hw_shape
+    if m.fused_qkvg:
+        q, k, v, g = m.qkvg(x).reshape(B, N, 4, C).unbind(2)
+    else:
+        q, g = m.qg(x).reshape(B, N, 2, C).unbind(2)
+        k, v = m.kv(x).reshape(B, N, 2, C).unbind(2)
+    pe = m.positional_encoding
+    if tuple(m.pretrain_hw) != (H, W):
+        pe = F.interpolate(
+            pe.reshape(1, *m.pretrain_hw, C).permute(0, 3, 1, 2), size=(H, W),
+            mode='bicubic', align_corners=False).permute(0, 2, 3, 1)
+        pe = pe.reshape(1, N, C)
+    k = k + pe
+    s = F.softplus(m.scale)
+    q, k = q / s, k / s
+    q, k, v = (t.reshape(B, N, m.num_heads, -1).permute(0, 2, 1, 3)
+               for t in (q, k, v))
+    p = 1 + m.alpha * torch.sigmoid(m.power)
+    out = pola_attention_reference(q, k, v, p).transpose(1, 2).reshape(B, N, C)
+    v = v.reshape(B * m.num_heads, H, W, -1).permute(0, 3, 1, 2)
+    v = m.dwc(v).reshape(B, C, N).permute(0, 2, 1)
+    return m.proj((out + v) * g)
