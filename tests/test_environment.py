@@ -107,9 +107,10 @@ def test_metadata_has_ranges_not_pins():
     torch_req = [r for r in core if r.name == 'torch']
     assert torch_req and torch_req[0].specifier.contains('2.1.2') \
         and torch_req[0].specifier.contains('2.14.1')
-    # the core is torch and numpy only: MMEngine/MMCV come from an extra,
-    # since naming `mmcv` would make pip replace OneDL's `onedl-mmcv`
-    assert {r.name for r in core} == {'torch', 'numpy'}
+    # the core is torch, numpy and safetensors (the layer, the reader):
+    # MMEngine/MMCV come from an extra, since naming `mmcv` would make pip
+    # replace OneDL's `onedl-mmcv`
+    assert {r.name for r in core} == {'torch', 'numpy', 'safetensors'}
 
 
 def test_extras_cover_the_tested_stacks():
@@ -118,7 +119,7 @@ def test_extras_cover_the_tested_stacks():
     (or that need no pin)."""
     core, extras = _declared()
     assert {'det', 'seg', 'cls', 'tests', 'analysis', 'all', 'openmmlab',
-            'onedl'} <= set(extras)
+            'onedl', 'timm', 'hf'} <= set(extras)
     ranges = {}
     for req in core + [r for rs in extras.values() for r in rs]:
         ranges.setdefault(req.name.lower(), []).append(req.specifier)
