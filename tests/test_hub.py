@@ -96,9 +96,13 @@ def test_pretrained_true_reads_the_metafile_address(released_file,
 
 
 def test_inference_model_by_name_on_a_photograph(photo, released_file):
-    result = mmpretrain.inference_model(
-        'pola-pvt-tiny_8xb128_in1k', photo,
-        pretrained=str(released_file('pola_pvt_tiny')))
+    from mmengine.registry import DefaultScope
+
+    # as in a fresh process: another test may have left mmdet's scope on
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        result = mmpretrain.inference_model(
+            'pola-pvt-tiny_8xb128_in1k', photo,
+            pretrained=str(released_file('pola_pvt_tiny')))
     assert set(result) == {'pred_scores', 'pred_label', 'pred_score',
                            'pred_class'}
     assert len(result['pred_scores']) == 1000

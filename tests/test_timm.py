@@ -149,10 +149,9 @@ def test_hostile_file_is_refused_through_timm(tmp_path):
 def test_timm_backbone_in_an_mmdet_config():
     """mmpretrain's TIMMBackbone builds the timm model inside a detector."""
     from mmengine.config import Config
-    from mmengine.registry import init_default_scope
+    from mmengine.registry import DefaultScope
 
     from mmdet.registry import MODELS
-    init_default_scope('mmdet')
     cfg = Config.fromfile(str(ROOT / 'configs/mmdet/pola_pvt/'
                               'retinanet_pola-pvt-t_fpn_1x_coco.py'))
     cfg.model.backbone = dict(
@@ -160,7 +159,8 @@ def test_timm_backbone_in_an_mmdet_config():
         features_only=True, pretrained=False, out_indices=(1, 2, 3))
     cfg.model.neck.in_channels = [128, 320, 512]
     cfg.model.neck.start_level = 0
-    detector = MODELS.build(cfg.model).eval()
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        detector = MODELS.build(cfg.model).eval()
     with torch.no_grad():
         feats = detector.extract_feat(torch.randn(1, 3, 128, 160))
     assert len(feats) == 5 and feats[0].shape[1] == 256
