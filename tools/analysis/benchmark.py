@@ -303,8 +303,11 @@ def main(argv=None):
         except Exception as e:  # noqa: BLE001 (reported, the run goes on)
             unbuilt[name] = f'error: cannot build: {type(e).__name__}: {e}'
             print(f'{name}: {unbuilt[name]}', flush=True)
-    for graph in args.graph:
-        if graph == 'compile':  # static shapes: one graph per size
+    # exports before compiling: Dynamo's state can break the TorchScript
+    # exporter on some modules (mmpretrain's Swin)
+    order = ('eager', 'onnx', 'compile')
+    for graph in sorted(args.graph, key=order.index):
+        if graph != 'eager':  # static shapes: one graph per size
             torch._dynamo.reset()
         runnable = {name: (torch.compile(m, dynamic=False)
                            if graph == 'compile' else m, info)
