@@ -176,7 +176,7 @@ def test_finite_gradients_at_zero_with_flush_denormal(device, impl):
 
 def test_switch_precedence(device, monkeypatch):
     """impl= argument > set_pola_impl / pola_impl > MMPOLA_POLA_IMPL >
-    'auto' ('fast' for CPU tensors, 'reference' on other devices)."""
+    'auto' ('fast' for CPU tensors, 'grouped' on other devices)."""
     calls = []
     for name in IMPLS:
         monkeypatch.setitem(ops.IMPLEMENTATIONS, name,
@@ -190,7 +190,7 @@ def test_switch_precedence(device, monkeypatch):
 
     monkeypatch.delenv(ops.ENV_VAR, raising=False)
     ops.set_pola_impl(None)
-    auto = 'fast' if device.type == 'cpu' else 'reference'
+    auto = 'fast' if device.type == 'cpu' else 'grouped'
     assert ops.get_pola_impl() == 'auto' and used() == auto
     monkeypatch.setenv(ops.ENV_VAR, 'reference')
     assert ops.get_pola_impl() == 'reference' and used() == 'reference'
@@ -212,21 +212,26 @@ def test_switch_precedence(device, monkeypatch):
         used(impl='turbo')
 
 
-def test_tracing_uses_the_reference(device, monkeypatch):
+def test_tracing_uses_a_traceable_core(device, monkeypatch):
     """While traced (here torch.jit.trace, as the TorchScript ONNX exporter
-    does), the reference runs even when 'fast' is chosen."""
+    does), 'grouped' runs in place of 'fast' / 'auto', and 'reference'
+    when it is chosen."""
     calls = []
-    monkeypatch.setitem(ops.IMPLEMENTATIONS, 'reference',
-                        lambda *a: calls.append(1) or
-                        pola_attention_reference(*a))
+    for name in ('reference', 'grouped'):
+        fn = ops.IMPLEMENTATIONS[name]
+        monkeypatch.setitem(ops.IMPLEMENTATIONS, name,
+                            lambda *a, fn=fn, name=name: calls.append(name)
+                            or fn(*a))
     torch.manual_seed(0)
     q, k, v = (randn(1, 2, 10, 8, device=device) for _ in range(3))
     p = torch.full((1, 2, 1, 8), 2., device=device)
-    with ops.pola_impl('fast'):
-        ops.pola_linear_attention(q, k, v, p)
-        assert not calls
-        traced = torch.jit.trace(
-            lambda q, k, v: ops.pola_linear_attention(q, k, v, p), (q, k, v))
-    assert calls
-    torch.testing.assert_close(traced(q, k, v),
-                               pola_attention_reference(q, k, v, p))
+    expected = pola_attention_reference(q, k, v, p)
+    for chosen, runs in (('fast', 'grouped'), ('auto', 'grouped'),
+                         ('grouped', 'grouped'), ('reference', 'reference')):
+        calls.clear()
+        with ops.pola_impl(chosen):
+            traced = torch.jit.trace(
+                lambda q, k, v: ops.pola_linear_attention(q, k, v, p),
+                (q, k, v))
+        assert set(calls) == {runs}, (chosen, calls)
+        torch.testing.assert_close(traced(q, k, v), expected)

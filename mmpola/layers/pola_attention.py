@@ -10,18 +10,31 @@ import torch.nn.functional as F
 from ..ops import pola_linear_attention
 
 
+def _axis_weights(src: int, dst: int, mode: str, like: torch.Tensor):
+    """(src, dst) weights of ``F.interpolate`` along one axis: column j holds
+    the taps of output j (exactly what interpolate computes, borders
+    included)."""
+    eye = torch.eye(src, dtype=like.dtype, device=like.device)
+    return F.interpolate(eye[None, :, :, None], size=(dst, 1), mode=mode,
+                         align_corners=False)[0, :, :, 0]
+
+
 def resize_grid_tokens(tokens: torch.Tensor, src_hw: Tuple[int, int],
                        dst_hw: Tuple[int, int], mode: str) -> torch.Tensor:
     """(1, Hs*Ws, C) grid tokens -> (1, Hd*Wd, C): ``F.interpolate``
     (``mode`` 'bilinear' / 'bicubic', no corner alignment) in float32 (or
-    float64); the tokens themselves when the sizes agree."""
+    float64), as two products with the separable interpolation weights
+    (compiled graphs run products well, gathers badly); the tokens
+    themselves when the sizes agree."""
     src_hw, dst_hw = tuple(src_hw), tuple(dst_hw)
     if src_hw == dst_hw:
         return tokens
     dtype = torch.float64 if tokens.dtype == torch.float64 else torch.float32
-    grid = tokens.reshape(1, *src_hw, -1).permute(0, 3, 1, 2).to(dtype)
-    grid = F.interpolate(grid, size=dst_hw, mode=mode, align_corners=False)
-    return grid.to(tokens.dtype).flatten(2).transpose(1, 2)
+    grid = tokens.reshape(*src_hw, -1).to(dtype)
+    wh = _axis_weights(src_hw[0], dst_hw[0], mode, grid)
+    ww = _axis_weights(src_hw[1], dst_hw[1], mode, grid)
+    out = torch.einsum('hwc,hi,wj->ijc', grid, wh, ww)
+    return out.to(tokens.dtype).reshape(1, dst_hw[0] * dst_hw[1], -1)
 
 
 class PolaAttention(nn.Module):

@@ -1,12 +1,13 @@
-"""The Pola arithmetic: one function, two implementations, one switch.
+"""The Pola arithmetic: one function, three implementations, one switch.
 
 :func:`pola_linear_attention` runs ``'reference'`` (the released formulation
-written literally: any device, traceable), ``'fast'`` (the same numbers
-regrouped, blocked over tokens, with a hand-written first-order backward;
-tested against the reference, outputs and gradients) or ``'auto'``
-(default: ``'fast'`` for CPU tensors, else ``'reference'``). The reference
-runs whatever is chosen while a call is traced, scripted, compiled or
-exported. Both compute in float32 (float64 for float64 inputs) with autocast
+written literally: the oracle), ``'grouped'`` (the same arithmetic in
+whole-tensor operations: any device, traceable), ``'fast'`` (regrouped,
+blocked over tokens, with a hand-written first-order backward: CPU eager) or
+``'auto'`` (default: ``'fast'`` for CPU tensors, else ``'grouped'``); the
+last two are tested against the reference, outputs and gradients. While a
+call is traced, scripted, compiled or exported, ``'grouped'`` runs in place
+of ``'fast'`` / ``'auto'``. All compute in float32 (float64 for float64 inputs) with autocast
 off and return the inputs' dtype: the powers (p up to 5) overflow float16.
 
 The switch, by precedence: the ``impl=`` argument; :func:`set_pola_impl`
@@ -20,15 +21,18 @@ from typing import Optional
 import torch
 
 from .fast import pola_attention_fast
+from .grouped import pola_attention_grouped
 from .reference import pola_attention_reference
 
 __all__ = ['pola_linear_attention', 'set_pola_impl', 'get_pola_impl',
-           'pola_impl', 'pola_attention_reference', 'pola_attention_fast']
+           'pola_impl', 'pola_attention_reference', 'pola_attention_grouped',
+           'pola_attention_fast']
 
 ENV_VAR = 'MMPOLA_POLA_IMPL'
 #: name -> function(q, k, v, p, key_mask)
 IMPLEMENTATIONS = {
     'reference': pola_attention_reference,
+    'grouped': pola_attention_grouped,
     'fast': pola_attention_fast,
 }
 _chosen: Optional[str] = None  # set_pola_impl; None: environment / 'auto'
@@ -115,18 +119,17 @@ def pola_linear_attention(q: torch.Tensor,
             broadcastable to (1, heads, 1, d).
         key_mask (Tensor, optional): (B, 1, N, 1), 1 for real tokens and
             0 for padding; padded keys are left out of every sum over keys.
-        impl (str, optional): 'auto', 'reference' or 'fast' for this call;
+        impl (str, optional): 'auto', 'reference', 'grouped' or 'fast';
             default: :func:`get_pola_impl`.
 
     Returns:
         Tensor: (B, heads, N, d) in v's dtype, channels ``[x_sim, x_opp]``.
     """
+    impl = get_pola_impl() if impl is None else _check(impl, 'impl')
     if _is_captured(q):
-        impl = 'reference'
-    else:
-        impl = get_pola_impl() if impl is None else _check(impl, 'impl')
-        if impl == 'auto':
-            impl = 'fast' if q.device.type == 'cpu' else 'reference'
+        impl = 'reference' if impl == 'reference' else 'grouped'
+    elif impl == 'auto':
+        impl = 'fast' if q.device.type == 'cpu' else 'grouped'
     dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
     args = [t.to(dtype) for t in (q, k, v, p)]
     args.append(None if key_mask is None else key_mask.to(dtype))

@@ -1,11 +1,8 @@
 """The fast Pola core (``'fast'`` of :func:`mmpola.ops.pola_linear_attention`):
 the released arithmetic (:mod:`mmpola.ops.reference`) regrouped.
 
-``q_opp @ M == q_sim @ swap(M)`` (``swap`` exchanges M's row halves), so
-both numerators and both normalisers come out of one product
-``q_sim @ W``, W (2d, d + 2) built from the key sums ``M = k'^T [v, 1] / n``.
-One power per tensor: ``|x|**p = exp(p * log|x|)`` is ``relu(x)**p`` where
-x > 0 and ``relu(-x)**p`` elsewhere. Tokens go through in blocks whose
+The regrouping of :mod:`mmpola.ops.grouped` (one power per tensor,
+``|x|**p = exp(p * log|x|)``; one product per side), with tokens in blocks whose
 2d-wide features stay in cache; the features never exist for the whole
 sequence. The hand-written backward keeps q, k, v and W only and recomputes
 the features block by block. First-order (differentiating its gradients
@@ -16,6 +13,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from .grouped import weights as _weights
 from .reference import EPS
 
 #: feature elements per token block (4 MB in float32)
@@ -53,16 +51,6 @@ def _features_grad(x, feats, log_abs, dfeats, p):
     tiny = torch.finfo(x.dtype).tiny
     dp = (g * log_abs.clamp(min=math.log(tiny))).sum_to_size(p.shape)
     return g * p / x.abs().clamp(min=tiny).copysign(x), dp
-
-
-def _weights(m):
-    """W (..., 2d, d + 2) from the key sums M (..., 2d, d + 1): [x_sim
-    numerators, normaliser | x_opp's, from M with its row halves swapped]."""
-    d = m.shape[-1] - 1
-    half = d // 2
-    swap = torch.cat([m[..., d:, :], m[..., :d, :]], dim=-2)
-    return torch.cat([m[..., :half], m[..., d:], swap[..., half:d],
-                      swap[..., d:]], dim=-1)
 
 
 def _weights_grad(dw):

@@ -3,7 +3,7 @@ side by side in one process.
 
     python tools/analysis/benchmark.py [--models pola_pvt_t pvt_t ...]
         [--sizes 224@32 800x1333] [--batch B] [--mode infer train]
-        [--graph eager compile] [--device cpu|cuda] [--autocast bf16]
+        [--graph eager compile onnx] [--device cpu|cuda] [--autocast bf16]
         [--repeat 5] [--warmup 1] [--threads N] [--pola-impl auto]
         [--out-dir work_dirs/benchmark]
 
@@ -14,11 +14,14 @@ on inference tensors fail on mmdet's PVT); ``train`` one training step
 the loss is the sum of the outputs' means, whole models use their own
 losses on random ground truth. ``--graph``: ``eager`` runs the module as it
 is, ``compile`` runs ``torch.compile(model, dynamic=False)`` (compiled
-during the warm-up calls).
+during the warm-up calls), ``onnx`` exports it (TorchScript exporter, opset
+17, mmdeploy's route) at each size and runs it in ONNX Runtime with as many
+threads as torch (inference only; no peak memory: not torch's allocator).
 
 Models (``--models``, comma lists too): pola_pvt_t, pvt_t (mmdet's
 ``PyramidVisionTransformer`` as in ``pvt/retinanet_pvt-t_fpn_1x_coco.py``),
-pola_swin_t, swin_t (mmdet's ``SwinTransformer``, Swin-T), the detectors
+pola_swin_t, swin_t (mmdet's ``SwinTransformer``, Swin-T; it neither
+compiles nor exports: swin_t_mmpretrain, mmpretrain's, does), the detectors
 retinanet_pola_pvt_t, retinanet_pvt_t, mask_rcnn_pola_swin_t,
 mask_rcnn_swin_t (inference in 'tensor' mode: no post-processing), or any
 spec ``get_flops.py --model`` takes. Sizes: ``N``, ``HxW``, with ``@B`` for
@@ -90,7 +93,7 @@ def parse_args(argv=None):
     p.add_argument('--mode', nargs='+', default=['infer'],
                    choices=['infer', 'train'])
     p.add_argument('--graph', nargs='+', default=['eager'],
-                   choices=['eager', 'compile'])
+                   choices=['eager', 'compile', 'onnx'])
     p.add_argument('--device', default='cuda'
                    if torch.cuda.is_available() else 'cpu')
     p.add_argument('--autocast', choices=['fp16', 'bf16'],
@@ -99,7 +102,8 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--threads', type=int,
                    help='torch.set_num_threads (default: torch default)')
-    p.add_argument('--pola-impl', choices=['auto', 'fast', 'reference'],
+    p.add_argument('--pola-impl',
+                   choices=['auto', 'fast', 'grouped', 'reference'],
                    help='mmpola.ops.set_pola_impl for every run')
     p.add_argument('--no-memory', action='store_true',
                    help='skip the peak-memory calls')
@@ -115,13 +119,39 @@ def parse_args(argv=None):
     return args
 
 
-def workload(model, info, H, W, batch, mode, device, graph):
+def onnx_session(model, x, path, device):
+    """``model`` exported at x's shape to ``path`` (TorchScript exporter,
+    opset 17), in an ONNX Runtime session with torch's thread count."""
+    import inspect
+
+    import onnxruntime as ort
+    kwargs = dict(opset_version=17)
+    if 'dynamo' in inspect.signature(torch.onnx.export).parameters:
+        kwargs['dynamo'] = False
+    with torch.no_grad():
+        torch.onnx.export(model.eval(), (x, ), path, **kwargs)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    providers = ['CPUExecutionProvider']
+    if device.startswith('cuda'):
+        providers.insert(0, 'CUDAExecutionProvider')
+    return ort.InferenceSession(path, opts, providers=providers)
+
+
+def workload(model, info, H, W, batch, mode, device, graph, out_dir=''):
     """``(prepare, run)`` of one model at one size: ``run()`` is one timed
     call."""
     task = info['task']
     Hp, Wp = padded_shape(H, W, info['pad_divisor'])
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, Hp, Wp, generator=gen).to(device)
+    if graph == 'onnx':
+        if task != 'backbone' or mode != 'infer':
+            raise ValueError('--graph onnx: backbones, inference only')
+        path = osp.join(out_dir, f'{info["name"]}_{H}x{W}_b{batch}.onnx')
+        session = onnx_session(model, x, path, device)
+        feed = {session.get_inputs()[0].name: x.cpu().numpy()}
+        return (lambda: None), (lambda: session.run(None, feed))
     if mode == 'infer':
         samples = make_data_samples(task, batch, (H, W), (Hp, Wp))
 
@@ -191,14 +221,22 @@ def measure(works, args):
     return rows
 
 
+# baselines compared besides PAIRS' (mmdet's Swin neither compiles nor
+# exports; mmpretrain's does)
+MORE_BASELINES = {'pola_swin_t': 'swin_t_mmpretrain'}
+
+
 def ratio_lines(results):
     """'Pola / baseline' lines: median time and peak memory ratios."""
     index = {(r['mode'], r['graph'], r['size'], r['model']): r
              for r in results}
     lines = []
-    for (mode, graph, size, model), r in index.items():
-        b = index.get((mode, graph, size, PAIRS.get(model)))
-        if b is None:
+    pairs = [(k, base) for k in index for base in (
+        PAIRS.get(k[3]), MORE_BASELINES.get(k[3])) if base]
+    for (mode, graph, size, model), base in pairs:
+        r = index[(mode, graph, size, model)]
+        b = index.get((mode, graph, size, base))
+        if b is None or r['status'] != 'ok' or b['status'] != 'ok':
             continue
         ratios = [f'{key} {r[key] / b[key]:.2f}'
                   for key in ('median_s', 'min_s', 'peak_mem_mb')
@@ -265,20 +303,36 @@ def main(argv=None):
         except Exception as e:  # noqa: BLE001 (reported, the run goes on)
             unbuilt[name] = f'error: cannot build: {type(e).__name__}: {e}'
             print(f'{name}: {unbuilt[name]}', flush=True)
-    for graph in args.graph:
-        if graph == 'compile':  # static shapes: one graph per size
+    # exports before compiling: Dynamo's state can break the TorchScript
+    # exporter on some modules (mmpretrain's Swin)
+    order = ('eager', 'onnx', 'compile')
+    for graph in sorted(args.graph, key=order.index):
+        if graph != 'eager':  # static shapes: one graph per size
             torch._dynamo.reset()
         runnable = {name: (torch.compile(m, dynamic=False)
                            if graph == 'compile' else m, info)
                     for name, (m, info) in built.items()}
         for mode in args.mode:
+            if graph == 'onnx' and mode == 'train':
+                print('[train onnx] skipped: ONNX Runtime runs inference')
+                continue
             for H, W, batch in args.sizes:
                 size = f'{H}x{W}'
                 print(f'[{mode} {graph} {size} b{batch}]', flush=True)
-                works = {name: workload(m, info, H, W, batch, mode,
-                                        args.device, graph)
-                         for name, (m, info) in runnable.items()}
-                rows = list(measure(works, args).values()) + [
+                works, failed = {}, []
+                for name, (m, info) in runnable.items():
+                    try:
+                        works[name] = workload(m, dict(info, name=name), H,
+                                               W, batch, mode, args.device,
+                                               graph, args.out_dir)
+                    except Exception as e:  # noqa: BLE001 (export failed)
+                        msg = (str(e).splitlines() or [''])[0][:120]
+                        failed.append(dict(model=name, status='error: '
+                                           f'{type(e).__name__}: {msg}'))
+                        print(f'    {name}: FAILED ({failed[-1]["status"]})')
+                margs = argparse.Namespace(**dict(
+                    vars(args), no_memory=args.no_memory or graph == 'onnx'))
+                rows = list(measure(works, margs).values()) + failed + [
                     dict(model=name, status=msg)
                     for name, msg in unbuilt.items()]
                 for row in rows:
