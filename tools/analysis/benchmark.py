@@ -128,8 +128,9 @@ def onnx_session(model, x, path, device):
     kwargs = dict(opset_version=17)
     if 'dynamo' in inspect.signature(torch.onnx.export).parameters:
         kwargs['dynamo'] = False
+    model.eval()  # not model.eval(): some backbones' train() returns None
     with torch.no_grad():
-        torch.onnx.export(model.eval(), (x, ), path, **kwargs)
+        torch.onnx.export(model, (x, ), path, **kwargs)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     providers = ['CPUExecutionProvider']
