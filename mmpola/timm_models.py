@@ -101,7 +101,13 @@ class PolaFormerClassifier(nn.Module):
     def __init__(self, family, num_classes=1000, in_chans=3, global_pool='avg',
                  drop_rate=0., **backbone_args):
         super().__init__()
-        from mmpola.models import PolaPVT, PolaSwin
+        try:
+            from mmpola.models import PolaPVT, PolaSwin
+        except ImportError as e:
+            raise ImportError(
+                f'the Pola timm models are mmpola\'s backbones, which need '
+                f'MMEngine and mmcv\'s Python bricks ({e}): pip install '
+                '"mmpola[openmmlab]" (or mmengine and mmcv-lite)') from e
         if family not in ('pvt', 'swin'):
             raise ValueError(f"family must be 'pvt' or 'swin', got {family!r}")
         if global_pool not in ('avg', ''):

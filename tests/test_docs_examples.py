@@ -29,3 +29,19 @@ def test_vit_block_example_runs_with_torch_alone():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split('\n')[:2] == [
         'torch.Size([2, 196, 384])', 'torch.Size([1, 600, 384])']
+
+
+def test_relative_links_resolve():
+    """Every relative link of README.md, SECURITY.md and docs/ names a file
+    that exists (anchors ignored)."""
+    docs = [ROOT / 'README.md', ROOT / 'SECURITY.md',
+            *sorted((ROOT / 'docs').glob('*.md'))]
+    missing = []
+    for doc in docs:
+        for target in re.findall(r'\]\(([^)\s]+)\)', doc.read_text()):
+            if re.match(r'[a-z]+:', target) or target.startswith('#'):
+                continue
+            path = (doc.parent / target.split('#')[0]).resolve()
+            if not path.exists():
+                missing.append(f'{doc.name}: {target}')
+    assert not missing, missing
