@@ -7,8 +7,9 @@ blocked over tokens, with a hand-written first-order backward: CPU eager) or
 ``'auto'`` (default: ``'fast'`` for CPU tensors, else ``'grouped'``); the
 last two are tested against the reference, outputs and gradients. While a
 call is traced, scripted, compiled or exported, ``'grouped'`` runs in place
-of ``'fast'`` / ``'auto'``. All compute in float32 (float64 for float64 inputs) with autocast
-off and return the inputs' dtype: the powers (p up to 5) overflow float16.
+of ``'fast'`` / ``'auto'``. All compute in float32 (float64 for float64
+inputs) with autocast off and return the inputs' dtype: the powers (p up to
+5) overflow float16.
 
 The switch, by precedence: the ``impl=`` argument; :func:`set_pola_impl`
 (or the :func:`pola_impl` context manager); the environment variable
@@ -47,8 +48,8 @@ def _check(impl, source):
 
 def set_pola_impl(impl: Optional[str]) -> None:
     """Choose the implementation of every later call without ``impl``:
-    'auto', 'reference' or 'fast'; None goes back to ``MMPOLA_POLA_IMPL``
-    / 'auto'."""
+    'auto', 'reference', 'grouped' or 'fast'; None goes back to
+    ``MMPOLA_POLA_IMPL`` / 'auto'."""
     global _chosen
     _chosen = None if impl is None else _check(impl, 'set_pola_impl(impl)')
 
