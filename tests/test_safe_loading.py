@@ -636,4 +636,5 @@ def test_converter_writes_safetensors_every_route_reads_it(tmp_path):
     whole = nn.Module()
     whole.backbone = MODELS.build(dict(type='PolaPVT', arch='tiny'))
     load_checkpoint(whole, str(outs['safetensors']), strict=False)
-    assert torch.equal(whole.backbone.state_dict()[key], pth['backbone.' + key])
+    assert torch.equal(whole.backbone.state_dict()[key],
+                       pth['backbone.' + key])

@@ -93,7 +93,8 @@ def test_classifier_api_and_data_config(device):
     assert model.forward_head(model.forward_features(x),
                               pre_logits=True).shape == (2, 512)
     model.reset_classifier(3)
-    assert model(x).shape == (2, 3) and model.get_classifier().out_features == 3
+    assert model(x).shape == (2, 3)
+    assert model.get_classifier().out_features == 3
     model.reset_classifier(0)
     assert model(x).shape == (2, 512)
     cfg = timm.data.resolve_data_config({}, model=model)

@@ -2,8 +2,8 @@
 the released arithmetic (:mod:`mmpola.ops.reference`) regrouped.
 
 The regrouping of :mod:`mmpola.ops.grouped` (one power per tensor,
-``|x|**p = exp(p * log|x|)``; one product per side), with tokens in blocks whose
-2d-wide features stay in cache; the features never exist for the whole
+``|x|**p = exp(p * log|x|)``; one product per side), with tokens in blocks
+whose 2d-wide features stay in cache; the features never exist for the whole
 sequence. The hand-written backward keeps q, k, v and W only and recomputes
 the features block by block. First-order (differentiating its gradients
 again raises "trying to differentiate twice"), not traceable.

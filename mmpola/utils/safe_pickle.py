@@ -559,7 +559,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     @staticmethod
     def _dict(obj):
         if type(obj) not in _DICTS:
-            raise _corrupt(f'item assignment on a {escape(type(obj).__name__)}')
+            raise _corrupt('item assignment on a '
+                           f'{escape(type(obj).__name__)}')
         return obj
 
     @staticmethod

@@ -269,7 +269,8 @@ def load_from_pavi(filename, map_location=None):
         from pavi import modelcloud
     except ImportError:
         raise ImportError(
-            'Please install pavi to load checkpoint from modelcloud.') from None
+            'Please install pavi to load checkpoint from modelcloud.'
+        ) from None
     model = modelcloud.get(filename[len('pavi://'):])
     with TemporaryDirectory() as tmp_dir:
         downloaded = osp.join(tmp_dir, osp.basename(model.name))
