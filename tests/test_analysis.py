@@ -57,8 +57,10 @@ def test_plain_count_misses_pola_work():
     r = analyze(OneLayer(True), torch.randn(2, 16, 8), pola_rule=False)
     assert 'pola_matmul' not in r['by_operator']
     # the projections, the conv and the products of the core as traced
-    # (tracing runs the reference core: mmpola.ops), no element-wise work
-    assert r['flops'] == 10240 + 6400 + 5120
+    # (tracing runs the 'grouped' core: mmpola.ops): per (batch, head)
+    # [k+, k-]^T [v, 1] (8x16 @ 16x5) and [q+, q-] @ W (16x8 @ 8x6), 4
+    # pairs; no element-wise work
+    assert r['flops'] == 10240 + 6400 + 4 * (8 * 16 * 5 + 16 * 8 * 6)
 
 
 def test_fallback_when_core_not_intercepted(monkeypatch):
