@@ -6,8 +6,8 @@ whole-tensor operations: any device, traceable), ``'fast'`` (regrouped,
 blocked over tokens, with a hand-written first-order backward: CPU eager) or
 ``'auto'`` (default: ``'fast'`` for CPU tensors, else ``'grouped'``); the
 last two are tested against the reference, outputs and gradients. While a
-call is traced, scripted, compiled or exported, ``'grouped'`` runs in place
-of ``'fast'`` / ``'auto'``. All compute in float32 (float64 for float64
+call is traced, scripted, compiled or exported, ``'grouped'`` runs unless
+``'reference'`` is chosen by argument or :func:`set_pola_impl`. All compute in float32 (float64 for float64
 inputs) with autocast off and return the inputs' dtype: the powers (p up to
 5) overflow float16.
 
@@ -126,10 +126,12 @@ def pola_linear_attention(q: torch.Tensor,
     Returns:
         Tensor: (B, heads, N, d) in v's dtype, channels ``[x_sim, x_opp]``.
     """
-    impl = get_pola_impl() if impl is None else _check(impl, 'impl')
-    if _is_captured(q):
-        impl = 'reference' if impl == 'reference' else 'grouped'
-    elif impl == 'auto':
+    if _is_captured(q):  # no environment lookup: older Dynamo cannot trace it
+        chosen = _chosen if impl is None else impl
+        impl = 'reference' if chosen == 'reference' else 'grouped'
+    else:
+        impl = get_pola_impl() if impl is None else _check(impl, 'impl')
+    if impl == 'auto':
         impl = 'fast' if q.device.type == 'cpu' else 'grouped'
     dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
     args = [t.to(dtype) for t in (q, k, v, p)]

@@ -17,8 +17,8 @@ def weights(m: torch.Tensor) -> torch.Tensor:
     negative ones)."""
     d = m.shape[-1] - 1
     half = d // 2
-    return torch.cat([m[..., :half], m[..., d:], m[..., half:].roll(d, -2)],
-                     dim=-1)
+    swap = torch.cat([m[..., d:, half:], m[..., :d, half:]], dim=-2)
+    return torch.cat([m[..., :half], m[..., d:], swap], dim=-1)
 
 
 def pola_attention_grouped(q: torch.Tensor,
