@@ -27,7 +27,8 @@ from .utils.torch_load import register_mmengine_loader, safe_load
 
 __all__ = ['read_checkpoint', 'extract_state_dict', 'convert_released',
            'convert_state_dict', 'resize_grid_param', 'load_pretrained',
-           'convert_to_mmpretrain', 'released_state_dict_pre_hook']
+           'convert_to_mmpretrain', 'released_to_classifier',
+           'released_state_dict_pre_hook']
 
 # ---------------------------------------------------------------- reading
 
@@ -271,10 +272,17 @@ def convert_to_mmpretrain(path):
     if family is None or not is_released_layout(sd):
         raise ValueError(f'{path}: not a released PolaFormer checkpoint '
                          f'(first keys: {list(sd)[:4]})')
-    backbone, head, _ = convert_released(sd, family)
+    return released_to_classifier(sd, family)[0], family
+
+
+def released_to_classifier(state_dict, family):
+    """Released keys -> an mmpretrain ``ImageClassifier``'s: mmpola's
+    backbone layout under ``backbone.``, the linear head as ``head.fc.``
+    (``LinearClsHead``). Returns ``(state_dict, dropped_keys)``."""
+    backbone, head, dropped = convert_released(state_dict, family)
     out = OrderedDict((f'backbone.{k}', v) for k, v in backbone.items())
     out.update((f'head.fc.{k[5:]}', v) for k, v in head.items())
-    return out, family
+    return out, dropped
 
 
 # ------------------------------------------------- load_state_dict pre-hook

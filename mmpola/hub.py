@@ -29,7 +29,8 @@ import torch
 import yaml
 from mmengine.logging import print_log
 
-from .checkpoint import convert_released, detect_family, is_released_layout
+from .checkpoint import (detect_family, is_released_layout,
+                         released_to_classifier)
 
 __all__ = ['register_model_index', 'enable_released_classifiers',
            'released_classifier_filter', 'classification_metafiles']
@@ -129,18 +130,15 @@ def released_classifier_filter(backbone, state_dict, prefix, *args):
             f'The checkpoint holds a released Pola-{str(family).upper()} '
             f'classifier, not a Pola-{backbone.family.upper()} one (keys '
             f'such as {list(sd)[:3]}): pick the config of that model.')
-    converted, head, dropped = convert_released(sd, family)
+    converted, dropped = released_to_classifier(sd, family)
     for key in owned:
         del state_dict[key]
-    state_dict.update(
-        (f'{prefix}backbone.{k}', v) for k, v in converted.items())
-    state_dict.update(
-        (f'{prefix}head.fc.{k[5:]}', v) for k, v in head.items())
+    state_dict.update((prefix + k, v) for k, v in converted.items())
     print_log(
         f'{type(backbone).__name__} classifier: released PolaFormer weights '
-        f'mapped to backbone.* ({len(converted)} tensors) and head.fc.* '
-        f'({len(head)}); {len(dropped)} ignored (rebuilt at run time or '
-        'unused)', logger='current')
+        f'mapped to backbone.* and head.fc.* ({len(converted)} tensors); '
+        f'{len(dropped)} ignored (rebuilt at run time or unused)',
+        logger='current')
 
 
 def enable_released_classifiers():

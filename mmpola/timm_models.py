@@ -205,28 +205,21 @@ class PolaFormerClassifier(nn.Module):
 
 def _timm_state_dict(sd, family):
     """Any supported layout (released, mmpretrain-converted, this model's
-    own) -> this model's keys."""
-    from mmpola.checkpoint import convert_released, is_released_layout
-    if any(k.startswith('backbone.') for k in sd):  # converted or own
-        out = OrderedDict()
-        for k, v in sd.items():
-            if k.startswith('head.fc.'):
-                k = 'head.' + k[len('head.fc.'):]
-            elif family == 'swin' and k.startswith('backbone.norm3.'):
-                k = 'norm.' + k[len('backbone.norm3.'):]
-            out[k] = v
-        return out
-    if not is_released_layout(sd):
-        raise ValueError('not a PolaFormer checkpoint (keys '
-                         f'{list(sd)[:4]})')
-    backbone, head, _ = convert_released(sd, family)
+    own) -> this model's keys: the classifier layout with ``head.fc.`` as
+    ``head.`` and Swin's final norm (``backbone.norm3.``) as ``norm.``."""
+    from mmpola.checkpoint import is_released_layout, released_to_classifier
+    if not any(k.startswith('backbone.') for k in sd):
+        if not is_released_layout(sd):
+            raise ValueError('not a PolaFormer checkpoint (keys '
+                             f'{list(sd)[:4]})')
+        sd = released_to_classifier(sd, family)[0]
     out = OrderedDict()
-    for k, v in backbone.items():
-        if family == 'swin' and k.startswith('norm3.'):
-            out['norm.' + k[len('norm3.'):]] = v
-        else:
-            out['backbone.' + k] = v
-    out.update(head)
+    for k, v in sd.items():
+        if k.startswith('head.fc.'):
+            k = 'head.' + k[len('head.fc.'):]
+        elif family == 'swin' and k.startswith('backbone.norm3.'):
+            k = 'norm.' + k[len('backbone.norm3.'):]
+        out[k] = v
     return out
 
 
