@@ -275,6 +275,29 @@ def test_benchmark_bad_size_and_failing_model(capsys, tmp_path):
     assert rows['NoSuchModel:tiny'].startswith('error: cannot build')
 
 
+def test_benchmark_compiles_afresh_for_every_size(monkeypatch, tmp_path):
+    """Graphs kept from one size must not count against Dynamo's recompile
+    limit at the next (frames past it run eagerly, which once made mmdet's
+    PVT-T look slow at the second size): every size starts from a reset and
+    a new torch.compile of each model."""
+    import torch._dynamo
+    events = []
+    monkeypatch.setattr(torch._dynamo, 'reset',
+                        lambda: events.append('reset'))
+
+    def fake_compile(model, **kwargs):
+        events.append(('compile', type(model).__name__))
+        return model
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    status = tool_main('benchmark')([
+        '--models', 'pola_pvt_t', '--sizes', '32@1', '48@1', '--graph',
+        'compile', '--repeat', '1', '--warmup', '0', '--no-memory',
+        '--out-dir', str(tmp_path)])
+    assert status == 0
+    assert events == ['reset', ('compile', 'PolaPVT')] * 2
+
+
 def test_visualize_attention_cli(capsys, tmp_path):
     from PIL import Image
     from mmpola.testing import make_official_checkpoint

@@ -180,7 +180,8 @@ def test_switch_precedence(device, monkeypatch):
     calls = []
     for name in IMPLS:
         monkeypatch.setitem(ops.IMPLEMENTATIONS, name,
-                            lambda q, *a, name=name: calls.append(name) or q)
+                            lambda q, *a, name=name, **kw: calls.append(name)
+                            or q)
     q = torch.randn(1, 1, 4, 4, device=device)
 
     def used(**kwargs):
@@ -220,8 +221,8 @@ def test_tracing_uses_a_traceable_core(device, monkeypatch):
     for name in ('reference', 'grouped'):
         fn = ops.IMPLEMENTATIONS[name]
         monkeypatch.setitem(ops.IMPLEMENTATIONS, name,
-                            lambda *a, fn=fn, name=name: calls.append(name)
-                            or fn(*a))
+                            lambda *a, fn=fn, name=name, **kw:
+                            calls.append((name, kw)) or fn(*a, **kw))
     torch.manual_seed(0)
     q, k, v = (randn(1, 2, 10, 8, device=device) for _ in range(3))
     p = torch.full((1, 2, 1, 8), 2., device=device)
@@ -230,8 +231,42 @@ def test_tracing_uses_a_traceable_core(device, monkeypatch):
                          ('grouped', 'grouped'), ('reference', 'reference')):
         calls.clear()
         with ops.pola_impl(chosen):
-            traced = torch.jit.trace(
+            traced = torch.jit.trace(  # no check: it reruns eagerly
                 lambda q, k, v: ops.pola_linear_attention(q, k, v, p),
-                (q, k, v))
-        assert set(calls) == {runs}, (chosen, calls)
+                (q, k, v), check_trace=False)
+        # the captured 'grouped' takes its powers as exp(p log|x|)
+        kw = {'graph': True} if runs == 'grouped' else {}
+        assert calls == [(runs, kw)], (chosen, calls)
         torch.testing.assert_close(traced(q, k, v), expected)
+    calls.clear()  # eagerly: one power per tensor
+    ops.pola_linear_attention(q, k, v, p, impl='grouped')
+    assert calls == [('grouped', {'graph': False})]
+
+
+@pytest.mark.parametrize('graph', [False, True])
+def test_grouped_powers_match_the_reference_at_zero_too(device, graph):
+    """Both ways of taking the powers (one power eagerly, exp(p log|x|) in
+    captured graphs) against the released formulation, outputs and
+    gradients, with exact zeros in q and k: finite, equal gradients (the
+    derivative of |x|**p at 0 is 0), float64 gradcheck."""
+    from mmpola.ops.grouped import pola_attention_grouped
+    torch.manual_seed(5)
+    q, k, v, grad_out = (randn(2, 3, 37, 16, device=device)
+                         for _ in range(4))
+    q[..., ::3] = 0
+    k[:, :, ::4] = 0
+    power = randn(1, 3, 1, 16, device=device)
+
+    def mine(*args):
+        return pola_attention_grouped(*args, graph=graph)
+
+    got = run(mine, q, k, v, power, grad_out)
+    ref = run(pola_attention_reference, q, k, v, power, grad_out)
+    for name, a, b in zip(['out', 'dq', 'dk', 'dv', 'dpower'], got, ref):
+        assert torch.isfinite(a).all(), name
+        assert rel(a, b) < 1e-5, name
+    q64, k64, v64 = (t[:1, :1, :9, :4].double().requires_grad_()
+                     for t in (q, k, v))
+    p64 = (1 + 4 * torch.rand(1, 1, 1, 4, dtype=torch.float64,
+                              device=device)).requires_grad_()
+    assert torch.autograd.gradcheck(mine, (q64, k64, v64, p64))

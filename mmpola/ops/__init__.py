@@ -126,7 +126,8 @@ def pola_linear_attention(q: torch.Tensor,
     Returns:
         Tensor: (B, heads, N, d) in v's dtype, channels ``[x_sim, x_opp]``.
     """
-    if _is_captured(q):  # no environment lookup: older Dynamo cannot trace it
+    captured = _is_captured(q)
+    if captured:  # no environment lookup: older Dynamo cannot trace it
         chosen = _chosen if impl is None else impl
         impl = 'reference' if chosen == 'reference' else 'grouped'
     else:
@@ -139,5 +140,6 @@ def pola_linear_attention(q: torch.Tensor,
     device_type = q.device.type
     off = (torch.autocast(device_type=device_type, enabled=False)
            if _autocast_on(device_type) else contextlib.nullcontext())
+    extra = dict(graph=captured) if impl == 'grouped' else {}
     with off:
-        return IMPLEMENTATIONS[impl](*args).to(v.dtype)
+        return IMPLEMENTATIONS[impl](*args, **extra).to(v.dtype)

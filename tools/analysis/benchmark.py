@@ -308,11 +308,6 @@ def main(argv=None):
     # exporter on some modules (mmpretrain's Swin)
     order = ('eager', 'onnx', 'compile')
     for graph in sorted(args.graph, key=order.index):
-        if graph != 'eager':  # static shapes: one graph per size
-            torch._dynamo.reset()
-        runnable = {name: (torch.compile(m, dynamic=False)
-                           if graph == 'compile' else m, info)
-                    for name, (m, info) in built.items()}
         for mode in args.mode:
             if graph == 'onnx' and mode == 'train':
                 print('[train onnx] skipped: ONNX Runtime runs inference')
@@ -320,6 +315,15 @@ def main(argv=None):
             for H, W, batch in args.sizes:
                 size = f'{H}x{W}'
                 print(f'[{mode} {graph} {size} b{batch}]', flush=True)
+                if graph != 'eager':
+                    # static shapes, compiled afresh for every size and mode:
+                    # graphs kept from another size count against Dynamo's
+                    # recompile limit, past which frames run eagerly (mmdet's
+                    # PVT, whose graph breaks make one frame per block call)
+                    torch._dynamo.reset()
+                runnable = {name: (torch.compile(m, dynamic=False)
+                                   if graph == 'compile' else m, info)
+                            for name, (m, info) in built.items()}
                 works, failed = {}, []
                 for name, (m, info) in runnable.items():
                     try:
