@@ -234,19 +234,23 @@ def test_tracing_uses_a_traceable_core(device, monkeypatch):
             traced = torch.jit.trace(  # no check: it reruns eagerly
                 lambda q, k, v: ops.pola_linear_attention(q, k, v, p),
                 (q, k, v), check_trace=False)
-        # the captured 'grouped' takes its powers as exp(p log|x|)
-        kw = {'graph': True} if runs == 'grouped' else {}
+        # traced 'grouped' takes its powers as exp(p log|x|)
+        kw = {'exp_log': True} if runs == 'grouped' else {}
         assert calls == [(runs, kw)], (chosen, calls)
         torch.testing.assert_close(traced(q, k, v), expected)
     calls.clear()  # eagerly: one power per tensor
     ops.pola_linear_attention(q, k, v, p, impl='grouped')
-    assert calls == [('grouped', {'graph': False})]
+    assert calls == [('grouped', {'exp_log': False})]
+    calls.clear()  # compiled: one power too (inductor kept more buffers)
+    torch.compile(lambda q, k, v: ops.pola_linear_attention(q, k, v, p),
+                  backend='eager', fullgraph=True)(q, k, v)
+    assert calls == [('grouped', {'exp_log': False})]
 
 
-@pytest.mark.parametrize('graph', [False, True])
-def test_grouped_powers_match_the_reference_at_zero_too(device, graph):
-    """Both ways of taking the powers (one power eagerly, exp(p log|x|) in
-    captured graphs) against the released formulation, outputs and
+@pytest.mark.parametrize('exp_log', [False, True])
+def test_grouped_powers_match_the_reference_at_zero_too(device, exp_log):
+    """Both ways of taking the powers (one power, exp(p log|x|) in
+    TorchScript traces) against the released formulation, outputs and
     gradients, with exact zeros in q and k: finite, equal gradients (the
     derivative of |x|**p at 0 is 0), float64 gradcheck."""
     from mmpola.ops.grouped import pola_attention_grouped
@@ -258,7 +262,7 @@ def test_grouped_powers_match_the_reference_at_zero_too(device, graph):
     power = randn(1, 3, 1, 16, device=device)
 
     def mine(*args):
-        return pola_attention_grouped(*args, graph=graph)
+        return pola_attention_grouped(*args, exp_log=exp_log)
 
     got = run(mine, q, k, v, power, grad_out)
     ref = run(pola_attention_reference, q, k, v, power, grad_out)

@@ -83,13 +83,16 @@ if not _CAPTURE_CHECKS:  # torch < 2.3
     _CAPTURE_CHECKS = (_dynamo_is_compiling, )
 
 
-def _is_captured(t: torch.Tensor) -> bool:
-    """Whether the call is traced, scripted, compiled or exported."""
+def _capture_kind(t: torch.Tensor) -> str:
+    """'' (eager), 'jit' (TorchScript trace or script: the ONNX route of
+    ``torch.onnx.export(dynamo=False)`` and mmdeploy) or 'dynamo'
+    (compiled, exported, fake or functional tensors)."""
     for check in _CAPTURE_CHECKS:
         if check():
-            return True
-    return (torch.jit.is_tracing() or torch.jit.is_scripting()
-            or type(t) is not torch.Tensor)
+            return 'dynamo'
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return 'jit'
+    return '' if type(t) is torch.Tensor else 'dynamo'
 
 
 try:  # torch >= 2.4 takes the device type
@@ -126,7 +129,7 @@ def pola_linear_attention(q: torch.Tensor,
     Returns:
         Tensor: (B, heads, N, d) in v's dtype, channels ``[x_sim, x_opp]``.
     """
-    captured = _is_captured(q)
+    captured = _capture_kind(q)
     if captured:  # no environment lookup: older Dynamo cannot trace it
         chosen = _chosen if impl is None else impl
         impl = 'reference' if chosen == 'reference' else 'grouped'
@@ -140,6 +143,6 @@ def pola_linear_attention(q: torch.Tensor,
     device_type = q.device.type
     off = (torch.autocast(device_type=device_type, enabled=False)
            if _autocast_on(device_type) else contextlib.nullcontext())
-    extra = dict(graph=captured) if impl == 'grouped' else {}
+    extra = dict(exp_log=captured == 'jit') if impl == 'grouped' else {}
     with off:
         return IMPLEMENTATIONS[impl](*args, **extra).to(v.dtype)

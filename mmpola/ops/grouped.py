@@ -1,7 +1,7 @@
 """The released arithmetic in whole-tensor operations (traceable, any
 device; what compiled, exported and GPU runs execute): one power per tensor,
 ``relu(x)**p = |x|**p * [x > 0]``, ``relu(-x)**p = |x|**p - relu(x)**p``
-(in captured graphs the power is ``exp(p * log|x|)``: :func:`features`);
+(in TorchScript traces the power is ``exp(p * log|x|)``: :func:`features`);
 one product for every key sum, ``M = [k+, k-]^T [v, 1] / n``; one for both
 polarities' numerators and normalisers, ``[q+, q-] @ weights(M)``."""
 from typing import Optional
@@ -23,16 +23,17 @@ def weights(m: torch.Tensor) -> torch.Tensor:
 
 
 def features(x: torch.Tensor, p: torch.Tensor,
-             graph: bool = False) -> torch.Tensor:
+             exp_log: bool = False) -> torch.Tensor:
     """[relu(x)**p, relu(-x)**p] (..., 2d) of x (..., d).
 
-    ``graph`` (the call is compiled or exported): the power as
-    ``exp(p * log|x|)``, which inductor's and ONNX Runtime's kernels run
-    faster than a power with a tensor exponent, |x| clamped to the smallest
+    ``exp_log``: the power as ``exp(p * log|x|)``, which ONNX Runtime runs
+    faster than ``Pow`` with a tensor exponent (mmpola.ops asks for it in
+    TorchScript traces, the ONNX route); |x| is clamped to the smallest
     normal number so that x = 0 gets 0 and a zero gradient (the derivative
-    of |x|**p at 0 for p > 1), not NaN. Eagerly one power: fewer kernels and
-    fewer tensors kept for the backward."""
-    if graph:
+    of |x|**p at 0 for p > 1), not NaN. Otherwise one power: eagerly fewer
+    kernels and fewer tensors kept for the backward, and inductor keeps
+    fewer buffers alive for the same speed."""
+    if exp_log:
         tiny = torch.finfo(x.dtype).tiny
         a = torch.exp(p * torch.log(x.abs().clamp(min=tiny)))
     else:
@@ -46,13 +47,13 @@ def pola_attention_grouped(q: torch.Tensor,
                            v: torch.Tensor,
                            p: torch.Tensor,
                            key_mask: Optional[torch.Tensor] = None,
-                           graph: bool = False) -> torch.Tensor:
+                           exp_log: bool = False) -> torch.Tensor:
     """Same arguments, result and dtype rules as
     :func:`~mmpola.ops.reference.pola_attention_reference`: (B, heads, N, d)
-    q, k, v -> (B, heads, N, d); ``graph``: see :func:`features`."""
+    q, k, v -> (B, heads, N, d); ``exp_log``: see :func:`features`."""
     d = q.shape[-1]
     half = d // 2
-    q_, k_ = features(q, p, graph), features(k, p, graph)  # (.., 2d)
+    q_, k_ = (features(t, p, exp_log) for t in (q, k))  # (.., 2d)
     v_ = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (.., d + 1)
     if key_mask is None:
         n = k.shape[-2]
