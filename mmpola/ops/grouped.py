@@ -53,7 +53,8 @@ def pola_attention_grouped(q: torch.Tensor,
     q, k, v -> (B, heads, N, d); ``exp_log``: see :func:`features`."""
     d = q.shape[-1]
     half = d // 2
-    q_, k_ = (features(t, p, exp_log) for t in (q, k))  # (.., 2d)
+    # (B, h, N, 2d); no generator: torch 2.1's Dynamo cannot unpack one
+    q_, k_ = features(q, p, exp_log), features(k, p, exp_log)
     v_ = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (.., d + 1)
     if key_mask is None:
         n = k.shape[-2]
