@@ -280,9 +280,8 @@ def test_benchmark_compiles_afresh_for_every_size(monkeypatch, tmp_path):
     limit at the next (frames past it run eagerly, which once made mmdet's
     PVT-T look slow at the second size): every size starts from a reset and
     a new torch.compile of each model."""
-    import torch._dynamo
     events = []
-    monkeypatch.setattr(torch._dynamo, 'reset',
+    monkeypatch.setattr(torch.compiler, 'reset',
                         lambda: events.append('reset'))
 
     def fake_compile(model, **kwargs):

@@ -320,7 +320,7 @@ def main(argv=None):
                     # graphs kept from another size count against Dynamo's
                     # recompile limit, past which frames run eagerly (mmdet's
                     # PVT, whose graph breaks make one frame per block call)
-                    torch._dynamo.reset()
+                    torch.compiler.reset()
                 runnable = {name: (torch.compile(m, dynamic=False)
                                    if graph == 'compile' else m, info)
                             for name, (m, info) in built.items()}
